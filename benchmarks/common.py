@@ -1,0 +1,80 @@
+"""Shared plumbing for benchmark scripts: machine description, markdown tables, JSON results.
+
+Every script in benchmarks/ measures one claim, prints a markdown table, and writes
+benchmarks/results/<name>.json through `write_result`, which `benchmarks/run_all.py` collects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine_description() -> dict:
+    """CPU model, core count, memory and accelerator of this machine (what a number was measured on)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory_gib = round(pages / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Rows of dicts -> a markdown table (floats with 3 significant digits)."""
+    if not rows:
+        return "(no rows)"
+    columns = columns or list(rows[0])
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1e4 else f"{value:,.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(name: str, rows: list[dict], *, notes: str = "", columns: list[str] | None = None) -> dict:
+    """Print the table and write benchmarks/results/<name>.json; returns the result record."""
+    record = {
+        "name": name,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_description(),
+        "columns": columns or (list(rows[0]) if rows else []),
+        "rows": rows,
+        "notes": notes,
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(record, indent=2))
+    print(f"\n## {name}\n")
+    print(markdown_table(rows, record["columns"]))
+    if notes:
+        print(f"\n{notes}")
+    return record
