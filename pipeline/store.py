@@ -1,0 +1,512 @@
+"""The token store: a versioned, self-describing set of token shards at any fsspec URL.
+
+Writer and reader live side by side, after mosaicml/streaming's writer.py / reader.py + index.json.
+Layout of a store at `<root>` (a local path or `s3://bucket/prefix`):
+
+    <root>/manifest.json          committed LAST, in one PUT; until it exists the store is not readable
+    <root>/shards/shard-000042.arrow     (store_format "arrow": an Arrow IPC file, zstd)
+    <root>/shards/shard-000042.zarr.zip  (store_format "zarr": a Zarr v3 store in a zip)
+    <root>/rejects.jsonl          inputs that could not become images, with their reasons (or absent)
+    <root>/_plan.json             the settings a writer started with (reruns must match them)
+    <root>/_commits/shard-000042.json    one commit record per finished shard (survives crashes)
+
+Each shard is one object, written whole by exactly one task and visible atomically (never two writers
+into one Zarr store: zarr-python loses data then, zarr#3682). Shard bytes are deterministic (no
+timestamps), so a resumed run yields the same checksums as an uninterrupted one.
+
+Shapes: n samples in a shard, V views (0 original, 1 horizontally flipped), h×w token grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import fsspec
+import numpy as np
+
+FORMAT_VERSION = 1
+STORE_FORMATS = ("zarr", "arrow")
+VIEWS = ("original", "hflip")
+MANIFEST_NAME = "manifest.json"
+PLAN_NAME = "_plan.json"
+REJECTS_NAME = "rejects.jsonl"
+SHARD_DIR = "shards"
+COMMIT_DIR = "_commits"
+TOKEN_DTYPE = "uint16"  # codebooks up to 65,536 entries (the reference uses 1024)
+_SHARD_SUFFIX = {"arrow": ".arrow", "zarr": ".zarr.zip"}
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip entry time: identical bytes on every run
+
+
+class StoreError(ValueError):
+    """Base class of every token-store error."""
+
+
+class StoreFormatError(StoreError):
+    """The store's format version (or layout) is not the one this code reads."""
+
+
+class StoreIncompleteError(StoreError):
+    """No manifest.json: the store was never finished, or the URL is not a token store."""
+
+
+class StoreSettingsError(StoreError):
+    """A writer was opened on a store begun with different settings."""
+
+
+class ShardMissingError(StoreError):
+    """A shard listed in the manifest has no object."""
+
+
+class ShardChecksumError(StoreError):
+    """A shard object's size or sha256 differs from the manifest."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard object: `path` relative to the store root, its sample count, sha256 and size."""
+
+    path: str
+    num_samples: int
+    sha256: str
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardInfo:
+        return cls(str(data["path"]), int(data["num_samples"]), str(data["sha256"]), int(data["bytes"]))
+
+
+@dataclass(frozen=True)
+class StoreManifest:
+    """Everything a reader needs to trust and interpret the shards (`manifest.json`)."""
+
+    store_format: str
+    codebook_size: int
+    grid: tuple[int, int]
+    resolution: int
+    views: tuple[str, ...]
+    tokenizer: dict[str, Any]  # {"config": VQGANConfig.to_dict(), "weights_sha256": "..."}
+    class_names: tuple[str, ...]
+    shards: tuple[ShardInfo, ...]
+    sources: tuple[str, ...] = ()
+    rejects: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    created_by: str = "maskgit-pipeline"
+    dtype: str = TOKEN_DTYPE
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.store_format not in STORE_FORMATS:
+            raise StoreFormatError(f"store_format must be one of {STORE_FORMATS}, got {self.store_format!r}")
+        if not self.views or tuple(self.views) != VIEWS[: len(self.views)]:
+            raise StoreFormatError(f"views must be ['original'] or ['original', 'hflip'], got {self.views}")
+        if self.dtype != TOKEN_DTYPE or not 0 < self.codebook_size <= 65536:
+            raise StoreFormatError(f"tokens must be uint16 with codebook_size <= 65536, got {self.dtype}")
+
+    @property
+    def num_samples(self) -> int:
+        return sum(shard.num_samples for shard in self.shards)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(
+            grid=list(self.grid),
+            views=list(self.views),
+            class_names=list(self.class_names),
+            sources=list(self.sources),
+            shards=[shard.to_dict() for shard in self.shards],
+            num_samples=self.num_samples,
+        )
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoreManifest:
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise StoreFormatError(
+                f"token store format_version is {version!r}; this code reads format_version {FORMAT_VERSION}"
+            )
+        manifest = cls(
+            store_format=data["store_format"],
+            codebook_size=int(data["codebook_size"]),
+            grid=(int(data["grid"][0]), int(data["grid"][1])),
+            resolution=int(data["resolution"]),
+            views=tuple(data["views"]),
+            tokenizer=dict(data["tokenizer"]),
+            class_names=tuple(data["class_names"]),
+            shards=tuple(ShardInfo.from_dict(s) for s in data["shards"]),
+            sources=tuple(data.get("sources", ())),
+            rejects=data.get("rejects"),
+            settings=dict(data.get("settings", {})),
+            created_by=data.get("created_by", ""),
+            dtype=data["dtype"],
+            format_version=version,
+        )
+        if "num_samples" in data and int(data["num_samples"]) != manifest.num_samples:
+            raise StoreFormatError(
+                f"manifest num_samples {data['num_samples']} != sum over shards {manifest.num_samples}"
+            )
+        return manifest
+
+
+class TokenShard(NamedTuple):
+    """The samples of one shard, in input order."""
+
+    tokens: np.ndarray  # (n, V, h, w) uint16; view 0 original, view 1 horizontally flipped
+    labels: np.ndarray  # (n,) int64
+    image_ids: np.ndarray  # (n,) str
+
+
+def shard_path(index: int, store_format: str) -> str:
+    """Path of shard `index` relative to the store root, e.g. 'shards/shard-000042.arrow'."""
+    return f"{SHARD_DIR}/shard-{index:06d}{_SHARD_SUFFIX[store_format]}"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- shard codec (pure: bytes in, bytes out) ------------------------------------------------------
+
+
+def _check_shard(shard: TokenShard, num_views: int) -> None:
+    tokens, labels, ids = shard
+    if tokens.ndim != 4 or tokens.shape[1] != num_views or tokens.dtype != np.uint16:
+        raise StoreFormatError(
+            f"tokens must be uint16 (n, {num_views}, h, w), got {tokens.dtype} {tokens.shape}"
+        )
+    if not len(labels) == len(ids) == len(tokens):
+        raise StoreFormatError(f"shard columns differ in length: {len(tokens)}, {len(labels)}, {len(ids)}")
+
+
+def _encode_arrow(shard: TokenShard) -> bytes:
+    import pyarrow as pa
+
+    tokens, labels, ids = shard
+    _, num_views, h, w = tokens.shape
+    tensor_type = pa.fixed_shape_tensor(pa.uint16(), [h, w])
+    columns = {}
+    for view, name in enumerate(("tokens", "tokens_hflip")[:num_views]):
+        flat = pa.array(np.ascontiguousarray(tokens[:, view]).reshape(-1), pa.uint16())
+        storage = pa.FixedSizeListArray.from_arrays(flat, h * w)
+        columns[name] = pa.ExtensionArray.from_storage(tensor_type, storage)
+    columns["labels"] = pa.array(np.asarray(labels, np.int64), pa.int64())
+    columns["image_ids"] = pa.array([str(i) for i in ids], pa.string())
+    table = pa.table(columns)
+    sink = io.BytesIO()
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.ipc.new_file(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def _decode_arrow(data: bytes, num_views: int, grid: tuple[int, int]) -> TokenShard:
+    import pyarrow as pa
+
+    table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+    n = table.num_rows
+    views = []
+    for name in ("tokens", "tokens_hflip")[:num_views]:
+        column = table.column(name).combine_chunks()
+        flat = column.storage.values if isinstance(column, pa.ExtensionArray) else column.values
+        views.append(flat.to_numpy(zero_copy_only=False).reshape(n, *grid))
+    tokens = np.stack(views, axis=1) if n else np.zeros((0, num_views, *grid), np.uint16)
+    labels = table.column("labels").to_numpy().astype(np.int64)
+    ids = np.asarray(table.column("image_ids").to_pylist(), dtype=str)
+    return TokenShard(tokens.astype(np.uint16, copy=False), labels, ids)
+
+
+def _encode_zarr(shard: TokenShard) -> bytes:
+    import zarr
+    from zarr.storage import MemoryStore
+
+    tokens, labels, ids = shard
+    n = len(tokens)
+    entries: dict = {}
+    group = zarr.open_group(MemoryStore(entries), mode="w", zarr_format=3)
+    for view, name in enumerate(("tokens", "tokens_hflip")[: tokens.shape[1]]):
+        array = group.create_array(
+            name, shape=(n, *tokens.shape[2:]), chunks=(max(n, 1), *tokens.shape[2:]), dtype="uint16"
+        )
+        array[:] = tokens[:, view]
+    group.create_array("labels", shape=(n,), chunks=(max(n, 1),), dtype="int64")[:] = np.asarray(labels)
+    id_array = group.create_array("image_ids", shape=(n,), chunks=(max(n, 1),), dtype=str)
+    if n:
+        id_array[:] = np.asarray(ids, dtype=str)
+    # zarr's ZipStore stamps each entry with the wall-clock time; we zip the same entries (same
+    # layout, ZIP_STORED, readable by zarr.storage.ZipStore) with a fixed time so bytes are stable.
+    sink = io.BytesIO()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
+        for key in sorted(entries):
+            archive.writestr(zipfile.ZipInfo(key, date_time=_ZIP_EPOCH), entries[key].to_bytes())
+    return sink.getvalue()
+
+
+def _decode_zarr(data: bytes, num_views: int, grid: tuple[int, int]) -> TokenShard:
+    import zarr
+    from zarr.core.buffer import cpu
+    from zarr.storage import MemoryStore
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        entries = {name: cpu.Buffer.from_bytes(archive.read(name)) for name in archive.namelist()}
+    group = zarr.open_group(MemoryStore(entries, read_only=True), mode="r")
+    views = [np.asarray(group[name][:], np.uint16) for name in ("tokens", "tokens_hflip")[:num_views]]
+    tokens = np.stack(views, axis=1)
+    if tokens.shape[2:] != tuple(grid):
+        raise StoreFormatError(f"zarr shard grid {tokens.shape[2:]} != manifest grid {tuple(grid)}")
+    labels = np.asarray(group["labels"][:], np.int64)
+    ids = np.array(group["image_ids"][:].tolist(), dtype=str)  # numpy StringDType -> fixed str
+    return TokenShard(tokens, labels, ids)
+
+
+def encode_shard(shard: TokenShard, store_format: str) -> bytes:
+    """Serialize one shard to the bytes of its single object (deterministic: same input, same bytes).
+
+    Args:
+        shard: tokens (n, V, h, w) uint16, labels (n,), image_ids (n,).
+        store_format: "arrow" (Arrow IPC file, zstd) or "zarr" (Zarr v3 in a zip).
+    """
+    _check_shard(shard, shard.tokens.shape[1] if shard.tokens.ndim == 4 else 0)
+    if store_format == "arrow":
+        return _encode_arrow(shard)
+    if store_format == "zarr":
+        return _encode_zarr(shard)
+    raise StoreFormatError(f"store_format must be one of {STORE_FORMATS}, got {store_format!r}")
+
+
+def decode_shard(data: bytes, manifest: StoreManifest) -> TokenShard:
+    """Parse one shard object's bytes (pure, no I/O).
+
+    Returns:
+        TokenShard with tokens (n, V, h, w) uint16 (V = len(manifest.views)), labels (n,) int64,
+        image_ids (n,) str.
+    """
+    decode = _decode_arrow if manifest.store_format == "arrow" else _decode_zarr
+    try:
+        return decode(data, len(manifest.views), tuple(manifest.grid))
+    except StoreError:
+        raise
+    except Exception as error:  # a truncated/foreign object: name it instead of a deep library error
+        raise StoreFormatError(f"cannot decode a {manifest.store_format} shard: {error}") from error
+
+
+# --- reader ---------------------------------------------------------------------------------------
+
+
+def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class TokenStore:
+    """A committed token store opened for reading (see `open_token_store`)."""
+
+    url: str
+    fs: fsspec.AbstractFileSystem
+    root: str  # the store root as a path inside `fs` (no protocol)
+    manifest: StoreManifest
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.manifest.shards)
+
+    def shard_url(self, index: int) -> str:
+        """Full URL of shard `index` (with the store URL's protocol)."""
+        return f"{self.url.rstrip('/')}/{self.manifest.shards[index].path}"
+
+    def fetch_shard_bytes(self, index: int) -> bytes:
+        """The verified bytes of shard `index`.
+
+        Raises:
+            ShardMissingError: the object does not exist.
+            ShardChecksumError: its size or sha256 differs from the manifest.
+        """
+        info = self.manifest.shards[index]
+        try:
+            data = self.fs.cat_file(f"{self.root}/{info.path}")
+        except FileNotFoundError:
+            raise ShardMissingError(f"shard {index} ({self.shard_url(index)}) is missing") from None
+        if len(data) != info.bytes:
+            raise ShardChecksumError(
+                f"shard {index} ({self.shard_url(index)}) has {len(data)} bytes; "
+                f"the manifest says {info.bytes}"
+            )
+        if sha256_hex(data) != info.sha256:
+            raise ShardChecksumError(f"shard {index} ({self.shard_url(index)}) fails its sha256 check")
+        return data
+
+    def read_shard(self, index: int) -> TokenShard:
+        """Fetch, verify and decode shard `index`."""
+        return decode_shard(self.fetch_shard_bytes(index), self.manifest)
+
+    def read_rejects(self) -> list[dict[str, Any]]:
+        """The rejected inputs ({"source", "image_id", "reason", "detail"}) in shard order."""
+        if self.manifest.rejects is None:
+            return []
+        text = self.fs.cat_file(f"{self.root}/{self.manifest.rejects}").decode()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def open_token_store(url: str, storage_options: dict[str, Any] | None = None) -> TokenStore:
+    """Open a committed store: read and validate its manifest.json.
+
+    Raises:
+        StoreIncompleteError: no manifest.json (unfinished store, or not a token store).
+        StoreFormatError: the store's format_version is not FORMAT_VERSION.
+    """
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    root = root.rstrip("/")
+    data = _read_json(fs, f"{root}/{MANIFEST_NAME}")
+    if data is None:
+        raise StoreIncompleteError(
+            f"{url} has no {MANIFEST_NAME}: the store is incomplete (its writer has not finished; rerun it "
+            "to resume) or it is not a token store"
+        )
+    return TokenStore(url=url, fs=fs, root=root, manifest=StoreManifest.from_dict(data))
+
+
+# --- writer ---------------------------------------------------------------------------------------
+
+
+class ShardCommit(NamedTuple):
+    """What a finished shard left behind: its object and the inputs it rejected."""
+
+    shard: ShardInfo
+    rejects: list[dict[str, Any]]
+
+
+class TokenStoreWriter:
+    """Writes one store: shard objects (any order, any process), commit records, then the manifest.
+
+    Every method touches only its own objects, so many tasks can hold a writer on the same root; the
+    caller guarantees each shard index is written by one task at a time.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.root = root.rstrip("/")
+        self._local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
+
+    def _put_atomic(self, relative: str, data: bytes) -> None:
+        """Make `<root>/<relative>` appear whole or not at all (temp file + rename, or one PUT)."""
+        path = f"{self.root}/{relative}"
+        if self._local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)  # atomic on POSIX
+        else:
+            self.fs.pipe_file(path, data)  # an object store makes one PUT visible only when complete
+
+    # settings ----------------------------------------------------------------------------------
+
+    def ensure_plan(self, plan: dict[str, Any]) -> bool:
+        """Record the run's settings, or check them against the ones the store was begun with.
+
+        Returns:
+            True when the store already had this plan (a resumed or repeated run).
+
+        Raises:
+            StoreSettingsError: naming each setting that differs.
+        """
+        existing = _read_json(self.fs, f"{self.root}/{PLAN_NAME}")
+        if existing is None:
+            if self.fs.exists(f"{self.root}/{MANIFEST_NAME}"):
+                raise StoreSettingsError(f"{self.url} holds a store without a plan; write to a new URL")
+            self._put_atomic(PLAN_NAME, json.dumps(plan, indent=1, sort_keys=True).encode())
+            return False
+        normalized = json.loads(json.dumps(plan))
+        if existing != normalized:
+            keys = sorted(set(existing) | set(normalized))
+            diffs = [
+                f"{key}={_short(existing.get(key))} (this run asks for {_short(normalized.get(key))})"
+                for key in keys
+                if existing.get(key) != normalized.get(key)
+            ]
+            raise StoreSettingsError(
+                f"the store at {self.url} was begun with other settings: {'; '.join(diffs)}. "
+                "Use a new output URL, or delete the old store to start over."
+            )
+        return True
+
+    # shards ------------------------------------------------------------------------------------
+
+    def write_shard(
+        self, index: int, shard: TokenShard, store_format: str, rejects: list[dict[str, Any]] = ()
+    ) -> ShardInfo:
+        """Write shard `index` as one object, then its commit record; returns the shard's info."""
+        data = encode_shard(shard, store_format)
+        info = ShardInfo(shard_path(index, store_format), len(shard.labels), sha256_hex(data), len(data))
+        self._put_atomic(info.path, data)
+        record = {"index": index, "shard": info.to_dict(), "rejects": list(rejects)}
+        self._put_atomic(_commit_path(index), json.dumps(record, sort_keys=True).encode())
+        return info
+
+    def read_commit(self, index: int, *, verify: bool = True) -> ShardCommit | None:
+        """The commit of shard `index`, or None when it is absent or (with `verify`) its object is
+        missing or does not match the recorded size and sha256 (so the shard gets redone)."""
+        record = _read_json(self.fs, f"{self.root}/{_commit_path(index)}")
+        if record is None:
+            return None
+        info = ShardInfo.from_dict(record["shard"])
+        if verify:
+            try:
+                data = self.fs.cat_file(f"{self.root}/{info.path}")
+            except FileNotFoundError:
+                return None
+            if len(data) != info.bytes or sha256_hex(data) != info.sha256:
+                return None
+        return ShardCommit(info, list(record["rejects"]))
+
+    def committed_indices(self) -> set[int]:
+        """Indices with a commit record (unverified; `read_commit` verifies one)."""
+        try:
+            names = self.fs.ls(f"{self.root}/{COMMIT_DIR}", detail=False)
+        except FileNotFoundError:
+            return set()
+        return {int(os.path.basename(n)[len("shard-") : -len(".json")]) for n in names if n.endswith(".json")}
+
+    # commit ------------------------------------------------------------------------------------
+
+    def commit(self, manifest: StoreManifest, commits: list[ShardCommit]) -> StoreManifest:
+        """Write the rejects file and, last, manifest.json listing `commits` in order."""
+        rejects = [reject for commit in commits for reject in commit.rejects]
+        rejects_name = None
+        if rejects:
+            lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
+            self._put_atomic(REJECTS_NAME, lines.encode())
+            rejects_name = REJECTS_NAME
+        final = StoreManifest(
+            **{**_fields(manifest), "shards": tuple(c.shard for c in commits), "rejects": rejects_name}
+        )
+        self._put_atomic(MANIFEST_NAME, json.dumps(final.to_dict(), indent=1).encode())
+        return final
+
+
+def _commit_path(index: int) -> str:
+    return f"{COMMIT_DIR}/shard-{index:06d}.json"
+
+
+def _fields(manifest: StoreManifest) -> dict[str, Any]:
+    return {name: getattr(manifest, name) for name in manifest.__dataclass_fields__}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
