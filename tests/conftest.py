@@ -6,6 +6,7 @@ a fresh machine with nothing but scripts/setup.sh done.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Ray binds 127.0.0.1 everywhere with this set (shared/reference/stack.md, pitfall 5); keep test
@@ -54,3 +55,107 @@ def fashion_mnist_small(fashion_mnist):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+class RayHeadCluster:
+    """A real `ray start --head` on 127.0.0.1 with its own temp dir, stopped by its own PIDs.
+
+    `ray stop` would kill every Ray process of the user (including other clusters a test started), so
+    teardown kills only processes whose command line names this cluster's temp dir.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None, num_cpus: int = 4):
+        import socket
+
+        def free_port() -> int:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                return sock.getsockname()[1]
+
+        self.port = free_port()
+        self.dashboard_port = free_port()
+        # Ray's unix socket paths must stay short: use a short temp dir, not pytest's deep tmp_path.
+        import tempfile
+
+        self.temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+        self.num_cpus = num_cpus
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            **(env or {}),
+        }
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self) -> RayHeadCluster:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        ray_bin = str(Path(sys.executable).parent / "ray")
+        subprocess.run(
+            [
+                ray_bin,
+                "start",
+                "--head",
+                f"--port={self.port}",
+                f"--num-cpus={self.num_cpus}",
+                "--num-gpus=0",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                f"--temp-dir={self.temp_dir}",
+                "--disable-usage-stats",
+            ],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+        return self
+
+    def stop(self) -> None:
+        import shutil
+        import signal
+        import time
+
+        import psutil
+
+        def ours():
+            for proc in psutil.process_iter(["cmdline"]):
+                try:
+                    if any(self.temp_dir in part for part in proc.info["cmdline"] or []):
+                        yield proc
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+
+        for proc in list(ours()):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and list(ours()):
+            time.sleep(0.5)
+        for proc in list(ours()):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_head(s3_server):
+    """A running Ray head on 127.0.0.1 (dashboard + job server) that can reach the S3 server.
+
+    The S3 credentials reach the cluster's processes through the standard AWS environment of
+    `ray start`, the way a real cluster gets them from its nodes' environment.
+    """
+    cluster = RayHeadCluster(env=s3_server.env).start()
+    yield cluster
+    cluster.stop()
