@@ -1,1 +1,22 @@
-"""tokenizer package."""
+"""VQGAN tokenizer (pure torch): images in [-1, 1] <-> token grids, taming-compatible weights.
+
+Public API:
+    VQGANConfig, PRESETS, preset          -- tokenizer.config
+    VQGAN, VQGANOutput                    -- tokenizer.vqgan
+    save_vqgan, load_vqgan, weights_digest -- tokenizer.checkpoint
+"""
+
+from tokenizer.checkpoint import load_vqgan, save_vqgan, weights_digest
+from tokenizer.config import PRESETS, VQGANConfig, preset
+from tokenizer.vqgan import VQGAN, VQGANOutput
+
+__all__ = [
+    "PRESETS",
+    "VQGAN",
+    "VQGANConfig",
+    "VQGANOutput",
+    "load_vqgan",
+    "preset",
+    "save_vqgan",
+    "weights_digest",
+]

@@ -1,0 +1,173 @@
+"""VQGAN configuration: a frozen dataclass whose defaults are the taming-transformers f16/1024 model.
+
+The defaults reproduce taming's `configs/imagenet_vqgan.yaml` ("vqgan_imagenet_f16_1024"), the tokenizer
+of the valeoai MaskGIT reproduction (shared/reference/maskgit_spec.md, section A1). Field names follow
+taming's `ddconfig` (`out_ch` is spelled `out_channels` here; `convert.py` maps the names). Small presets
+train in minutes on CPU for 28-64 px data.
+
+Dimension legend: H×W image, f = `downsample_factor`, h×w = (H/f)×(W/f) token grid, K = `codebook_size`,
+D = `embed_dim` (code vector width).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class VQGANConfig:
+    """Architecture of a taming-style VQGAN (Encoder, VectorQuantizer, Decoder).
+
+    Attributes:
+        resolution: training image side. Decides at construction which levels have attention
+            (`attn_resolutions` are feature sides at this resolution), exactly as taming does; any
+            input whose sides are divisible by `downsample_factor` runs through the same layers.
+        in_channels: image channels in.
+        out_channels: image channels out (taming `out_ch`).
+        ch: base channel count; level i has `ch * ch_mult[i]` channels.
+        ch_mult: channel multiplier per level; there are len(ch_mult) - 1 downsamplings.
+        num_res_blocks: ResnetBlocks per encoder level (the decoder has one more per level).
+        attn_resolutions: feature-map sides (at `resolution`) after whose ResnetBlocks an AttnBlock runs.
+        dropout: dropout inside ResnetBlocks.
+        z_channels: encoder output channels.
+        embed_dim: code vector width D (quant_conv maps z_channels -> embed_dim).
+        n_embed: number of codes K.
+        beta: weight of the codebook term ‖q − sg(z)‖² in taming's "legacy" quantizer loss.
+        norm_groups: GroupNorm groups (taming hard-codes 32; small presets use fewer).
+    """
+
+    resolution: int = 256
+    in_channels: int = 3
+    out_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.0
+    z_channels: int = 256
+    embed_dim: int = 256
+    n_embed: int = 1024
+    beta: float = 0.25
+    norm_groups: int = 32
+
+    def __post_init__(self) -> None:
+        # JSON and YAML give lists; keep the dataclass hashable and comparable by storing tuples.
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        positive = ("resolution", "in_channels", "out_channels", "ch", "z_channels", "embed_dim", "n_embed")
+        for name in positive:
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"VQGANConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if not self.ch_mult or min(self.ch_mult) <= 0:
+            raise ValueError(f"VQGANConfig.ch_mult must be non-empty positive integers, got {self.ch_mult}")
+        if self.num_res_blocks < 1:
+            raise ValueError(f"VQGANConfig.num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        if self.resolution % self.downsample_factor:
+            raise ValueError(
+                f"VQGANConfig.resolution {self.resolution} is not divisible by the downsampling factor "
+                f"{self.downsample_factor}"
+            )
+        widths = sorted({self.ch * m for m in self.ch_mult})
+        if self.norm_groups <= 0 or any(w % self.norm_groups for w in widths):
+            raise ValueError(
+                f"VQGANConfig.norm_groups {self.norm_groups} must divide every level width {widths}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"VQGANConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def num_resolutions(self) -> int:
+        """Number of encoder/decoder levels."""
+        return len(self.ch_mult)
+
+    @property
+    def downsample_factor(self) -> int:
+        """Image side / token-grid side: 2^(len(ch_mult) - 1)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of codes K (taming `n_embed`); token ids are 0..K-1."""
+        return self.n_embed
+
+    def grid_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (h, w) for an image of `height`×`width` pixels.
+
+        Raises:
+            ValueError: a side not divisible by `downsample_factor`.
+        """
+        f = self.downsample_factor
+        if height <= 0 or width <= 0 or height % f or width % f:
+            raise ValueError(
+                f"image size {height}x{width} is not a positive multiple of the downsampling factor {f}"
+            )
+        return height // f, width // f
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        return {
+            f.name: list(v) if isinstance(v, tuple) else v
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VQGANConfig:
+        """Inverse of `to_dict`; missing fields take the reference defaults.
+
+        Raises:
+            ValueError: a key that is not a VQGANConfig field (named in the message).
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VQGANConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> VQGANConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, VQGANConfig] = {
+    # Exactly taming's vqgan_imagenet_f16_1024: 72,141,699 parameters, 343 state-dict tensors.
+    "imagenet-f16-1024": VQGANConfig(),
+    # 32 px (Fashion-MNIST, CIFAR) -> 8×8 tokens; ~0.6M parameters, trains in minutes on 2 CPU cores.
+    "tiny-f4": VQGANConfig(
+        resolution=32,
+        ch=32,
+        ch_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attn_resolutions=(8,),
+        z_channels=64,
+        embed_dim=32,
+        n_embed=256,
+        norm_groups=8,
+    ),
+    # 64 px -> 8×8 tokens (or 32 px -> 4×4); ~2.5M parameters.
+    "small-f8": VQGANConfig(
+        resolution=64,
+        ch=48,
+        ch_mult=(1, 2, 2, 4),
+        num_res_blocks=1,
+        attn_resolutions=(8,),
+        z_channels=96,
+        embed_dim=64,
+        n_embed=512,
+        norm_groups=16,
+    ),
+}
+
+
+def preset(name: str) -> VQGANConfig:
+    """The named preset.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown VQGAN preset {name!r}; known presets: {sorted(PRESETS)}") from None
