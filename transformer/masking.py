@@ -1,0 +1,176 @@
+"""The masking schedule, once, for training (how many tokens to mask) and sampling (how many to reveal).
+
+Two families of schedules, named as their sources name them:
+
+* valeoai v1 (maskgit_spec.md §C1 and §D1): ``arccos`` (the reference default), ``cosine``,
+  ``linear``, ``square``, ``root``. At training time a sample's mask ratio is f(r) with r ~ U(0, 1)
+  (arccos(r)/(π/2), cos(πr/2), r, r², √r; the reference has no "root" training mode, √r is ours).
+  At sampling time `tokens_per_step` reproduces the reference's `adap_sche` exactly: weights
+  w_t = g(linspace(1, 0, T)_t) are normalised to N tokens, rounded half-to-even in float32 (as the
+  reference computes them), zeros become 1, and the last step absorbs the remainder.
+* google-research/maskgit (§D2): ``jax-cosine``, ``jax-uniform``, ``jax-pow<K>`` (e.g. ``jax-pow2``),
+  ``jax-log``, ``jax-exp``: γ(ratio) is the fraction still masked; step t leaves
+  ⌊N·γ((t+1)/T)⌋ tokens masked (clamped to ≥ 1 and < the number still masked), and the paper's
+  training masks γ(r)·N tokens.
+
+Counts here are *per-step increments* (tokens revealed at each step), never cumulative ratios.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+
+import torch
+
+REFERENCE_SCHEDULES = ("arccos", "cosine", "linear", "square", "root")
+JAX_SCHEDULES = ("jax-cosine", "jax-uniform", "jax-log", "jax-exp", "jax-pow<K>")
+SCHEDULES = REFERENCE_SCHEDULES + JAX_SCHEDULES
+
+_JAX_POW = re.compile(r"^jax-pow(\d+(?:\.\d+)?)$")
+
+
+def check_schedule(schedule: str) -> str:
+    """Return `schedule` if it is a known schedule name, else raise a ValueError listing the names."""
+    if schedule in REFERENCE_SCHEDULES or schedule in JAX_SCHEDULES[:-1] or _JAX_POW.match(schedule):
+        return schedule
+    raise ValueError(f"unknown masking schedule {schedule!r}; expected one of {SCHEDULES}")
+
+
+def _reference_weight(r: torch.Tensor, schedule: str) -> torch.Tensor:
+    """valeoai `adap_sche` weights for r running from 1 to 0 (the share of tokens revealed per step)."""
+    if schedule == "root":
+        return 1 - r.sqrt()
+    if schedule == "linear":
+        return 1 - r
+    if schedule == "square":
+        return 1 - r**2
+    if schedule == "cosine":
+        return torch.cos(r * math.pi * 0.5)
+    return torch.arccos(r) / (math.pi * 0.5)  # arccos
+
+
+def jax_gamma(ratio: torch.Tensor, schedule: str, num_tokens: int) -> torch.Tensor:
+    """google-research/maskgit `mask_schedule.schedule`: fraction of tokens still masked at `ratio`.
+
+    Args:
+        ratio: progress in [0, 1] (any shape).
+        schedule: a ``jax-*`` name.
+        num_tokens: N, used by the log and exp schedules.
+
+    Returns:
+        γ(ratio), same shape, clipped to [1e-6, 1] as the JAX decoder does.
+    """
+    method = schedule.removeprefix("jax-")
+    if method == "cosine":
+        gamma = torch.cos(math.pi / 2 * ratio)
+    elif method == "uniform":
+        gamma = 1 - ratio
+    elif method == "log":
+        gamma = -torch.log2(ratio) / math.log2(num_tokens)
+    elif method == "exp":
+        gamma = 1 - torch.exp2(-math.log2(num_tokens) * (1 - ratio))
+    else:
+        match = _JAX_POW.match(schedule)
+        if match is None:
+            raise ValueError(f"unknown masking schedule {schedule!r}; expected one of {SCHEDULES}")
+        gamma = 1 - ratio ** float(match.group(1))
+    return gamma.clamp(1e-6, 1.0)
+
+
+def mask_ratio(uniform: torch.Tensor, schedule: str = "arccos", num_tokens: int = 256) -> torch.Tensor:
+    """Training mask ratio ρ in [0, 1] for each draw r ~ U(0, 1).
+
+    Args:
+        uniform: r, FloatTensor[B] of U(0, 1) draws.
+        schedule: schedule name; valeoai names follow `get_mask_code`, ``jax-*`` names give γ(r).
+        num_tokens: N (only the ``jax-log`` and ``jax-exp`` schedules depend on it).
+
+    Returns:
+        FloatTensor[B] of mask ratios.
+    """
+    check_schedule(schedule)
+    r = uniform.float()
+    if schedule == "arccos":
+        return torch.arccos(r.clamp(-1.0, 1.0)) / (math.pi * 0.5)
+    if schedule == "cosine":
+        return torch.cos(r * math.pi * 0.5)
+    if schedule == "linear":
+        return r
+    if schedule == "square":
+        return r**2
+    if schedule == "root":
+        return r.sqrt()
+    return jax_gamma(r, schedule, num_tokens)
+
+
+@functools.lru_cache(maxsize=1024)
+def _reference_counts(num_tokens: int, steps: int, schedule: str) -> tuple[int, ...]:
+    # float32 like the reference (torch.linspace's default dtype): rounding at .5 boundaries depends on it.
+    r = torch.linspace(1, 0, steps, dtype=torch.float32)
+    weights = _reference_weight(r, schedule)
+    counts = (weights / weights.sum() * num_tokens).round()
+    counts[counts == 0] = 1
+    counts[-1] += num_tokens - counts.sum()
+    counts = [int(c) for c in counts.tolist()]
+    if min(counts) < 0:
+        # The reference goes negative when N < T (more steps than tokens); cap the running total at N
+        # instead, which leaves the surplus steps with nothing to reveal.
+        total, capped = 0, []
+        for count in counts:
+            step_count = max(0, min(count, num_tokens - total))
+            capped.append(step_count)
+            total += step_count
+        capped[-1] += num_tokens - total
+        counts = capped
+    return tuple(counts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _jax_counts(num_tokens: int, steps: int, schedule: str) -> tuple[int, ...]:
+    ratios = torch.arange(1, steps + 1, dtype=torch.float64) / steps
+    gammas = jax_gamma(ratios, schedule, num_tokens).tolist()
+    unknown, counts = num_tokens, []
+    for gamma in gammas:
+        still_masked = max(1, min(unknown - 1, math.floor(num_tokens * gamma)))
+        revealed = max(0, unknown - still_masked)
+        counts.append(revealed)
+        unknown -= revealed
+    return tuple(counts)
+
+
+def tokens_per_step(
+    num_tokens: int, steps: int, schedule: str = "arccos", *, start_step: int = 0
+) -> list[int]:
+    """Number of tokens revealed at each decoding step.
+
+    For valeoai schedules this is the reference `adap_sche` table (e.g. arccos, T = 8, N = 256:
+    1, 18, 26, 32, 38, 43, 48, 50) and sums to N. For ``jax-*`` schedules it is what the JAX decoder
+    reveals; that decoder re-masks one token after its last step but returns the prediction made
+    before, so its counts sum to N − 1 and `sample()` fills every remaining token at the last step.
+
+    Args:
+        num_tokens: N, tokens to reveal (the masked tokens of a sample).
+        steps: T, total steps of the schedule (>= 1).
+        schedule: schedule name.
+        start_step: start later in the schedule (class-guided editing, JAX demo `start_iter`): the
+            first `start_step + 1` steps are merged into one, so `steps - start_step` counts come back.
+
+    Returns:
+        list of `steps - start_step` non-negative ints.
+    """
+    check_schedule(schedule)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 <= start_step < steps:
+        raise ValueError(f"start_step must be in [0, steps={steps}), got {start_step}")
+    if num_tokens < 0:
+        raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
+    if num_tokens == 0:
+        return [0] * (steps - start_step)
+    if schedule in REFERENCE_SCHEDULES:
+        counts = list(_reference_counts(num_tokens, steps, schedule))
+    else:
+        counts = list(_jax_counts(num_tokens, steps, schedule))
+    return [sum(counts[: start_step + 1]), *counts[start_step + 1 :]]
