@@ -283,6 +283,29 @@ def _folder_records(task: ShardTask, storage_options) -> Iterator[RawRecord]:
             yield RawRecord(member, source, data, label)
 
 
+def _tar_sample_record(sample: dict[str, Any], name: str, url: str, class_map) -> RawRecord:
+    image_id, source = f"{name}/{sample['__key__']}", f"{url}#{sample['__key__']}"
+    image_key = next((s for s in IMAGE_SUFFIXES if s in sample), None)
+    label_key = next((s for s in LABEL_SUFFIXES if s in sample), None)
+    if image_key is None:
+        kinds = sorted(k for k in sample if not k.startswith("__"))
+        return RawRecord(image_id, source, None, -1, ImageRejected("no_image_in_sample", str(kinds)))
+    if label_key is None:
+        return RawRecord(image_id, source, None, -1, ImageRejected("no_label", "no cls/label entry"))
+    try:
+        return RawRecord(image_id, source, sample[image_key], _label_of(sample[label_key], class_map))
+    except ValueError as error:
+        return RawRecord(image_id, source, None, -1, ImageRejected("bad_label", str(error)))
+
+
+def _tar_has_end_marker(url: str, storage_options) -> bool:
+    """Whether the tar ends in zero blocks: tarfile's stream reader stops quietly at a truncation that
+    falls on a member boundary, so the end-of-archive marker is what tells a whole tar from a cut one."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    size = fs.size(path)
+    return size >= 1024 and not any(fs.cat_file(path, start=size - 1024, end=size))
+
+
 def _tar_records(task: ShardTask, storage_options, class_map) -> Iterator[RawRecord]:
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
@@ -291,28 +314,13 @@ def _tar_records(task: ShardTask, storage_options, class_map) -> Iterator[RawRec
         files = ({**f, "__url__": task.root} for f in tar_file_iterator(handle))
         try:
             for sample in group_by_keys(files):
-                image_id, source = f"{name}/{sample['__key__']}", f"{task.root}#{sample['__key__']}"
-                image_key = next((s for s in IMAGE_SUFFIXES if s in sample), None)
-                label_key = next((s for s in LABEL_SUFFIXES if s in sample), None)
-                if image_key is None:
-                    kinds = sorted(k for k in sample if not k.startswith("__"))
-                    yield RawRecord(
-                        image_id, source, None, -1, ImageRejected("no_image_in_sample", str(kinds))
-                    )
-                    continue
-                try:
-                    label = _label_of(sample[label_key], class_map) if label_key else None
-                except ValueError as error:
-                    yield RawRecord(image_id, source, None, -1, ImageRejected("bad_label", str(error)))
-                    continue
-                if label is None:
-                    yield RawRecord(
-                        image_id, source, None, -1, ImageRejected("no_label", "no cls/label entry")
-                    )
-                    continue
-                yield RawRecord(image_id, source, sample[image_key], label)
+                yield _tar_sample_record(sample, name, task.root, class_map)
         except Exception as error:  # a truncated or corrupt tar: keep what was read, reject the rest
             yield RawRecord(f"{name}/*", task.root, None, -1, ImageRejected("corrupt_tar", str(error)))
+            return
+    if not _tar_has_end_marker(task.root, storage_options):
+        detail = "no end-of-archive marker: the tar is truncated; samples after the cut are lost"
+        yield RawRecord(f"{name}/*", task.root, None, -1, ImageRejected("corrupt_tar", detail))
 
 
 def _pick(names: list[str], candidates: tuple[str, ...], what: str, source: str) -> str | None:
