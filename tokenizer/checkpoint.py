@@ -87,7 +87,9 @@ def save_vqgan(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
     weights_tmp = directory / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, str(weights_tmp), metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+    # One metadata entry only: safetensors writes a multi-key metadata map in hash order, which would
+    # make the file bytes (and `weights_digest`) differ between saves of the same weights.
+    save_file(tensors, str(weights_tmp), metadata={"format": f"{FORMAT_NAME}/{FORMAT_VERSION}"})
     config_tmp = directory / f".{CONFIG_FILE}.tmp"
     record = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": model.config.to_dict()}
     config_tmp.write_text(json.dumps(record, indent=2) + "\n")

@@ -46,6 +46,7 @@ _DDCONFIG_FIELDS = {
 # ddconfig keys accepted only at the value under which taming's code equals ours.
 _DDCONFIG_REQUIRED_VALUES = {
     "double_z": False,
+    "resamp_with_conv": True,
     "give_pre_end": False,
     "tanh_out": False,
     "use_linear_attn": False,
