@@ -1,0 +1,106 @@
+"""`maskgit export`: a training checkpoint (any ZeRO stage, any world size) -> our transformer folder.
+
+Consolidates DeepSpeed's partitioned fp32 master weights with DeepSpeed's own
+`get_fp32_state_dict_from_zero_checkpoint` (or takes the consolidated EMA weights when the run kept an
+EMA), loads them strictly into a fresh `MaskTransformer`, and writes `config.json` (model config and
+sampling defaults) + `model.safetensors`, which `maskgit sample` and the server load directly.
+Nothing downstream ever sees a DeepSpeed layout (STYLE.md §3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from jobs.checkpoints import CheckpointError, CheckpointStore, step_dirname
+
+logger = logging.getLogger(__name__)
+
+
+def export_checkpoint(
+    checkpoint_uri: str,
+    out: str,
+    *,
+    step: int | None = None,
+    use_ema: bool | None = None,
+    storage_options: dict | None = None,
+) -> str:
+    """Write the weights of a training checkpoint in our folder format; returns `out`.
+
+    Args:
+        checkpoint_uri: the run's checkpoint directory (local or s3://).
+        out: output folder (local or s3://).
+        step: which checkpoint (default: the latest complete one).
+        use_ema: export the EMA weights (default: when the run kept an EMA).
+        storage_options: fsspec options for both locations.
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import load_file
+
+    from transformer.checkpoint import load_state_dict_strictly, save_transformer
+    from transformer.config import SamplingConfig, TransformerConfig
+    from transformer.model import MaskTransformer
+
+    store = CheckpointStore(checkpoint_uri, storage_options)
+    step = step if step is not None else store.latest_step()
+    if step is None:
+        raise CheckpointError(f"no complete checkpoint under {checkpoint_uri}")
+    meta = store.read_meta(step)
+    use_ema = meta.has_ema if use_ema is None else use_ema
+    if use_ema and not meta.has_ema:
+        raise ValueError(f"checkpoint {checkpoint_uri}/{step_dirname(step)} has no EMA weights")
+    with tempfile.TemporaryDirectory(prefix="maskgit-export-") as tmp:
+        step_dir = store.download(step, Path(tmp))
+        if use_ema:
+            state_dict = load_file(str(step_dir / "ema.safetensors"))
+        else:
+            state_dict = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=step_dirname(step))
+        model = MaskTransformer(TransformerConfig.from_dict(meta.model_config))
+        load_state_dict_strictly(
+            model, {k: v.float() for k, v in state_dict.items()}, f"checkpoint step {step}"
+        )
+        sampling = SamplingConfig.from_dict(meta.extra.get("sampling") or {})
+        fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
+        if isinstance(fs, LocalFileSystem):
+            save_transformer(model, out, sampling=sampling)
+        else:
+            local = save_transformer(model, Path(tmp) / "export", sampling=sampling)
+            for path in local.iterdir():
+                fs.put_file(str(path), f"{root}/{path.name}")
+    logger.info("exported step %d (%s weights) to %s", step, "EMA" if use_ema else "fp32", out)
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a training checkpoint's weights in our folder format for sampling/serving",
+        description="Consolidate a DeepSpeed ZeRO checkpoint (fp32 master or EMA weights) into "
+        "config.json + model.safetensors with the sampling defaults.",
+    )
+    parser.add_argument("checkpoint_dir", help="the run's checkpoint directory (local path or s3://...)")
+    parser.add_argument("out", help="output folder (local path or s3://...)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    ema = parser.add_mutually_exclusive_group()
+    ema.add_argument("--ema", dest="use_ema", action="store_true", default=None, help="export EMA weights")
+    ema.add_argument("--no-ema", dest="use_ema", action="store_false", help="export the raw fp32 weights")
+    parser.add_argument("--storage-options", type=json.loads, default={}, help="fsspec options as JSON")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = export_checkpoint(
+        args.checkpoint_dir,
+        args.out,
+        step=args.step,
+        use_ema=args.use_ema,
+        storage_options=args.storage_options,
+    )
+    print(f"exported to {out}")
+    return 0

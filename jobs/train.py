@@ -1,0 +1,270 @@
+"""`maskgit train`: the masked transformer trained with DeepSpeed ZeRO on streamed tokens, as a Ray job.
+
+The driver checks the token store against the model config (codebook size, grid, classes) before any
+worker starts, runs a Ray Train `TorchTrainer` whose workers each run one DeepSpeed engine
+(`jobs.train_worker.train_loop`), and at the end exports the weights in our folder format (EMA weights
+when the run kept an EMA) next to the run's metrics and loss curve. The same command works embedded
+(a local Ray is started) and through `ray job submit -- maskgit train ...` on a running cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from typing import NamedTuple
+
+from jobs.deepspeed_config import OptimizerSettings
+from jobs.train_config import TrainJobConfig
+
+logger = logging.getLogger(__name__)
+
+
+class TrainSummary(NamedTuple):
+    """Where a finished run left its results."""
+
+    steps: int
+    export_dir: str
+    run_dir: str
+    checkpoint_dir: str
+
+
+def check_store_matches_model(config: TrainJobConfig):
+    """Open the token store and check it against the model config; returns the store's manifest.
+
+    Raises:
+        ValueError: the store is unreachable or not a token store, or its codebook size, grid or
+            number of classes does not fit the model.
+    """
+    from jobs.train_worker import model_config_for
+    from pipeline.store import StoreError, open_token_store
+
+    model = model_config_for(config)
+    try:
+        manifest = open_token_store(config.store, config.storage_options).manifest
+    except StoreError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the token store at {config.store}: {error}") from None
+    except Exception as error:  # botocore connection errors and the like: name the store, not a traceback
+        raise ValueError(
+            f"cannot reach the token store at {config.store}: {type(error).__name__}: {error}"
+        ) from None
+    problems = []
+    if manifest.codebook_size != model.codebook_size:
+        problems.append(
+            f"codebook size {manifest.codebook_size} in the store vs {model.codebook_size} in the model "
+            f"(--codebook-size)"
+        )
+    if tuple(manifest.grid) != (model.grid_size, model.grid_size):
+        problems.append(
+            f"token grid {tuple(manifest.grid)} in the store vs {model.grid_size}² in the model (--grid-size)"
+        )
+    if len(manifest.class_names) > model.num_classes:
+        problems.append(
+            f"{len(manifest.class_names)} classes in the store vs {model.num_classes} in the model "
+            "(--num-classes)"
+        )
+    if problems:
+        raise ValueError(
+            f"token store {config.store} does not fit model preset {config.preset!r}: " + "; ".join(problems)
+        )
+    if manifest.num_samples < config.global_batch_size:
+        raise ValueError(
+            f"token store {config.store} holds {manifest.num_samples} samples, fewer than one global batch "
+            f"({config.global_batch_size})"
+        )
+    return manifest
+
+
+def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> TrainSummary:
+    """Train (or resume) a run and export its weights; returns where the results are."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from jobs.export import export_checkpoint
+    from jobs.train_worker import train_loop
+    from transformer.config import SamplingConfig
+
+    SamplingConfig.from_dict(config.sampling)  # bad sampling defaults fail before any worker starts
+    if config.sample_every and not config.tokenizer:
+        raise ValueError("--sample-every needs --tokenizer (the VQGAN that decodes the sample grids)")
+    check_store_matches_model(config)
+    if not ray.is_initialized():
+        ray.init(address=ray_address)  # None: RAY_ADDRESS (ray job submit) or a new local cluster
+    resources = {"CPU": config.cpus_per_worker}
+    if config.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name="maskgit-train-" + hashlib.sha256(config.out.encode()).hexdigest()[:10],
+            failure_config=FailureConfig(max_failures=config.max_failures),
+        ),
+    )
+    trainer.fit()
+    export_dir = f"{config.out.rstrip('/')}/export"
+    export_checkpoint(config.checkpoint_uri, export_dir, storage_options=config.storage_options)
+    return TrainSummary(
+        steps=config.steps, export_dir=export_dir, run_dir=config.out, checkpoint_dir=config.checkpoint_uri
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    defaults = TrainJobConfig(store="", out="")
+    opt = OptimizerSettings()
+    parser = subparsers.add_parser(
+        "train",
+        help="train the masked transformer with DeepSpeed ZeRO on a token store (Ray Train job)",
+        description="Train MaskGIT's bidirectional transformer on a token store with Ray Train + DeepSpeed. "
+        "Resumes from the latest checkpoint of the run automatically; exports the weights at the end.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--store", required=True, help="token store URL (local path or s3://...)")
+    parser.add_argument("--out", required=True, help="run directory (local path or s3://...)")
+    parser.add_argument(
+        "--checkpoint-dir", default=None, help="checkpoints location (default: OUT/checkpoints)"
+    )
+    parser.add_argument(
+        "--storage-options", type=json.loads, default={}, help="fsspec options as JSON, no secrets"
+    )
+    parser.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default: local or RAY_ADDRESS)"
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", default=defaults.preset, help="transformer preset")
+    for flag, field, kind in (
+        ("--codebook-size", "codebook_size", int),
+        ("--grid-size", "grid_size", int),
+        ("--num-classes", "num_classes", int),
+        ("--hidden-size", "hidden_size", int),
+        ("--depth", "depth", int),
+        ("--num-heads", "num_heads", int),
+        ("--mlp-size", "mlp_size", int),
+        ("--dropout", "dropout", float),
+    ):
+        model.add_argument(
+            flag, dest=f"model_{field}", type=kind, default=None, help=f"override the preset's {field}"
+        )
+    scale = parser.add_argument_group("scale")
+    scale.add_argument("--workers", type=int, default=defaults.num_workers, help="Ray Train workers")
+    scale.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl); default CPU (gloo)")
+    scale.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker)
+    scale.add_argument("--zero-stage", type=int, choices=(1, 2, 3), default=defaults.zero_stage)
+    scale.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision)
+    scale.add_argument("--global-batch-size", type=int, default=defaults.global_batch_size)
+    scale.add_argument("--micro-batch-size", type=int, default=defaults.micro_batch_size, help="per worker")
+    scale.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
+    scale.add_argument("--max-failures", type=int, default=defaults.max_failures)
+    recipe = parser.add_argument_group("recipe (reference defaults)")
+    recipe.add_argument("--lr", type=float, default=opt.lr)
+    recipe.add_argument("--betas", type=float, nargs=2, default=opt.betas)
+    recipe.add_argument("--weight-decay", type=float, default=opt.weight_decay)
+    recipe.add_argument("--grad-clip", type=float, default=opt.grad_clip)
+    recipe.add_argument("--warmup-steps", type=int, default=opt.warmup_steps)
+    recipe.add_argument("--lr-schedule", choices=("constant", "cosine"), default=opt.schedule)
+    recipe.add_argument("--min-lr-ratio", type=float, default=opt.min_lr_ratio)
+    recipe.add_argument("--mask-schedule", default=defaults.schedule, help="training mask-ratio schedule")
+    recipe.add_argument("--mask-mode", choices=("bernoulli", "exact"), default=defaults.mask_mode)
+    recipe.add_argument("--loss-on", choices=("all", "masked"), default=defaults.loss_on)
+    recipe.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    recipe.add_argument("--label-drop", type=float, default=defaults.label_drop)
+    recipe.add_argument("--ema-decay", type=float, default=None, help="keep an EMA of the weights (exported)")
+    recipe.add_argument("--seed", type=int, default=defaults.seed)
+    io = parser.add_argument_group("checkpoints, logs, data")
+    io.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    io.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
+    io.add_argument("--log-every", type=int, default=defaults.log_every)
+    io.add_argument(
+        "--sample-every", type=int, default=defaults.sample_every, help="sample-grid period (0: end)"
+    )
+    io.add_argument("--tokenizer", default=None, help="VQGAN folder to decode sample grids")
+    io.add_argument("--shuffle-window", type=int, default=defaults.shuffle_window)
+    io.add_argument("--loader-workers", type=int, default=defaults.loader_workers)
+    io.add_argument("--cache-dir", default=None, help="local shard cache (default: temp dir)")
+    sampling = parser.add_argument_group("sampling defaults exported with the weights")
+    sampling.add_argument("--sample-steps", type=int, default=None)
+    sampling.add_argument("--sample-schedule", default=None)
+    sampling.add_argument("--temperature", type=float, default=None)
+    sampling.add_argument("--gumbel-temperature", type=float, default=None)
+    sampling.add_argument("--cfg-weight", type=float, default=None)
+    sampling.add_argument("--cfg-schedule", default=None)
+    parser.set_defaults(run=_run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainJobConfig:
+    overrides = {
+        key.removeprefix("model_"): value
+        for key, value in vars(args).items()
+        if key.startswith("model_") and value is not None
+    }
+    sampling = {
+        name: value
+        for name, value in (
+            ("steps", args.sample_steps),
+            ("schedule", args.sample_schedule),
+            ("temperature", args.temperature),
+            ("gumbel_temperature", args.gumbel_temperature),
+            ("cfg_weight", args.cfg_weight),
+            ("cfg_schedule", args.cfg_schedule),
+        )
+        if value is not None
+    }
+    return TrainJobConfig(
+        store=args.store,
+        out=args.out,
+        checkpoint_dir=args.checkpoint_dir,
+        storage_options=args.storage_options,
+        preset=args.preset,
+        model_overrides=overrides,
+        num_workers=args.workers,
+        use_gpu=args.gpu,
+        cpus_per_worker=args.cpus_per_worker,
+        zero_stage=args.zero_stage,
+        precision=args.precision,
+        global_batch_size=args.global_batch_size,
+        micro_batch_size=args.micro_batch_size,
+        steps=args.steps,
+        optimizer=OptimizerSettings(
+            lr=args.lr,
+            betas=tuple(args.betas),
+            weight_decay=args.weight_decay,
+            grad_clip=args.grad_clip,
+            warmup_steps=args.warmup_steps,
+            schedule=args.lr_schedule,
+            min_lr_ratio=args.min_lr_ratio,
+        ),
+        schedule=args.mask_schedule,
+        mask_mode=args.mask_mode,
+        loss_on=args.loss_on,
+        label_smoothing=args.label_smoothing,
+        label_drop=args.label_drop,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        log_every=args.log_every,
+        sample_every=args.sample_every,
+        tokenizer=args.tokenizer,
+        sampling=sampling,
+        shuffle_window=args.shuffle_window,
+        loader_workers=args.loader_workers,
+        cache_dir=args.cache_dir,
+        max_failures=args.max_failures,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    summary = run_training(config_from_args(args), ray_address=args.ray_address)
+    print(
+        f"trained {summary.steps} steps; weights: {summary.export_dir}; metrics, loss curve and sample "
+        f"grids: {summary.run_dir}; checkpoints: {summary.checkpoint_dir}"
+    )
+    return 0

@@ -1,0 +1,118 @@
+"""What a training run shows a person: progress bar, metrics, sample grids, loss curve (rank 0).
+
+The run directory may be local or on object storage. Files are written to a local directory first
+(the run directory itself when it is local) and copied to the object store at every log and at the
+end, so a run on a cluster leaves its metrics and pictures next to its checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import fsspec
+import torch
+from fsspec.implementations.local import LocalFileSystem
+
+from jobs.metrics_log import MetricsLog, plot_loss_curve, read_metrics
+from jobs.train_config import TrainJobConfig
+
+logger = logging.getLogger(__name__)
+
+
+class RunOutputs:
+    """Rank 0's view of the run directory: metrics log, progress bar, pictures, sync to storage."""
+
+    def __init__(self, config: TrainJobConfig, rank: int = 0):
+        self.config = config
+        self.fs, self.remote_root = fsspec.core.url_to_fs(config.out, **config.storage_options)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.local_dir = Path(config.out) if self.is_local else Path(tempfile.mkdtemp(prefix="maskgit-run-"))
+        self.local_dir.mkdir(parents=True, exist_ok=True)
+        if not self.is_local and self.fs.exists(f"{self.remote_root}/metrics.jsonl"):
+            # Resuming on another machine: keep the metrics written before the interruption.
+            self.fs.get_file(f"{self.remote_root}/metrics.jsonl", str(self.local_dir / "metrics.jsonl"))
+        self.metrics = MetricsLog(self.local_dir)
+        self.bar = None
+
+    def start_progress(self, initial: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def advance(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.metrics.log(step, metrics)
+        if self.bar is not None:
+            self.advance(step)
+            self.bar.set_postfix(
+                loss=f"{metrics['loss']:.3f}",
+                acc=f"{metrics['masked_accuracy']:.3f}",
+                tok_s=f"{metrics['tokens_per_s']:.0f}",
+            )
+        self.sync()
+
+    def picture_path(self, name: str) -> Path:
+        (self.local_dir / "samples").mkdir(exist_ok=True)
+        return self.local_dir / "samples" / name
+
+    def sync(self) -> None:
+        """Copy the local files to the run directory on object storage (no-op when local)."""
+        if self.is_local:
+            return
+        for path in self.local_dir.rglob("*"):
+            if path.is_file():
+                relative = path.relative_to(self.local_dir).as_posix()
+                self.fs.put_file(str(path), f"{self.remote_root}/{relative}")
+
+    def finish(self) -> Path | None:
+        """Close the bar and the logs, write the loss curve PNG, sync; returns the PNG path."""
+        if self.bar is not None:
+            self.bar.close()
+        self.metrics.close()
+        records = read_metrics(self.metrics.path)
+        png = plot_loss_curve(records, self.local_dir / "loss_curve.png") if records else None
+        self.sync()
+        return png
+
+
+@torch.no_grad()
+def write_sample_grid(
+    module, config: TrainJobConfig, model_config, step: int, outputs: RunOutputs | None
+) -> None:
+    """Sample one image per class (up to 10 classes × 4) with the current weights; rank 0 writes a PNG.
+
+    Every rank must call this under ZeRO-3 (the forward passes gather partitioned parameters); all ranks
+    sample the same seeds, and only rank 0 decodes and writes.
+    """
+    from pipeline.images import encode_png, image_grid, to_uint8_images
+    from tokenizer import load_vqgan
+    from transformer.config import SamplingConfig
+    from transformer.sample import sample
+
+    classes = min(model_config.num_classes, 10)
+    per_class = 4
+    class_ids = torch.arange(classes).repeat_interleave(per_class)
+    sampling = SamplingConfig(**config.sampling)
+    was_training = module.training
+    module.eval()
+    try:
+        result = sample(
+            module,
+            class_ids,
+            seeds=list(range(len(class_ids))),
+            **sampling.as_kwargs(),
+        )
+    finally:
+        module.train(was_training)
+    if outputs is None:
+        return
+    vqgan = load_vqgan(config.tokenizer).eval()
+    images = to_uint8_images(vqgan.decode_from_indices(result.tokens.cpu()))
+    # Rows are classes: transpose (class, sample) to a grid with `per_class` columns.
+    grid = image_grid(images, columns=per_class)
+    outputs.picture_path(f"step-{step:08d}.png").write_bytes(encode_png(grid))

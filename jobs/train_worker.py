@@ -1,0 +1,306 @@
+"""The per-worker training loop: one DeepSpeed engine on streamed tokens, run by Ray Train.
+
+Each Ray Train worker runs `train_loop(config_dict)`. It joins the process group Ray set up (gloo on
+CPU, nccl on GPU), builds the model from the config, wraps it in DeepSpeed (config from
+`jobs.deepspeed_config`), restores the latest complete checkpoint (model, optimizer, LR scheduler,
+EMA, loader position, step) and trains with the objective of `transformer.objective` on batches of the
+streaming loader of `pipeline.dataset`.
+
+Determinism: the loader's order depends only on (seed, epoch, global batch); the masks, label drops
+and dropout of micro-batch m at optimizer step s on rank r are seeded from (seed, s, r, m). A run
+killed and resumed on the same world size therefore repeats the uninterrupted run's batches and
+masks; on another world size it sees the same samples per step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from jobs.checkpoints import CheckpointMeta, CheckpointStore, convert_to_universal, step_dirname
+from jobs.deepspeed_config import build_deepspeed_config, lr_multiplier
+from jobs.train_config import TrainJobConfig
+
+logger = logging.getLogger(__name__)
+
+
+def _quiet_worker_warnings() -> None:
+    # DeepSpeed calls torch.distributed functions that torch 2.13 deprecates; one line per step otherwise.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    warnings.filterwarnings("ignore", message=".*nested tensors.*")
+
+
+def init_deepspeed_distributed(use_gpu: bool) -> None:
+    """Join the process group Ray Train created; on CPU skip DeepSpeed's shared-memory op JIT build.
+
+    On the CPU accelerator DeepSpeed compiles `deepspeed_shm_comm` (35–90 s) at every first
+    `init_distributed` on a machine; gloo does not need it (shared/reference/stack.md §4). Marking the
+    op incompatible is the switch DeepSpeed itself consults before building.
+    """
+    import deepspeed
+    import deepspeed.ops
+
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+
+
+def model_config_for(config: TrainJobConfig):
+    """The TransformerConfig of this run: the preset with the run's overrides."""
+    import dataclasses
+
+    from transformer.config import PRESETS
+
+    if config.preset not in PRESETS:
+        raise ValueError(f"unknown transformer preset {config.preset!r}; choose from {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[config.preset], **config.model_overrides)
+
+
+def _seeded(
+    config: TrainJobConfig, step: int, rank: int, micro: int, device: torch.device
+) -> torch.Generator:
+    """Seed dropout and return the generator for masks/label drops of one micro-batch."""
+    key = f"{config.seed}/{step}/{rank}/{micro}".encode()
+    seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+    torch.manual_seed(seed)  # dropout
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.start = now - self.start, now
+        return elapsed
+
+
+def train_loop(config_dict: dict) -> None:
+    """Ray Train worker entry point (see module docstring)."""
+    import deepspeed
+    import ray.train
+    import torch.distributed as dist
+
+    from jobs.train_outputs import RunOutputs, write_sample_grid
+    from pipeline.dataset import TokenDataset, make_loader
+    from transformer.model import MaskTransformer
+    from transformer.objective import masked_token_loss
+
+    _quiet_worker_warnings()
+    config = TrainJobConfig.from_dict(config_dict)
+    context = ray.train.get_context()
+    rank, world, local_rank = context.get_world_rank(), context.get_world_size(), context.get_local_rank()
+    init_deepspeed_distributed(config.use_gpu)
+    device = torch.device(f"cuda:{torch.cuda.current_device()}") if config.use_gpu else torch.device("cpu")
+    if not config.use_gpu:
+        torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+
+    model_config = model_config_for(config)
+    store = CheckpointStore(config.checkpoint_uri, config.storage_options)
+    work_dir = Path(tempfile.mkdtemp(prefix=f"maskgit-train-r{rank}-"))
+    resume_step = store.latest_step()
+    resume_meta = store.read_meta(resume_step) if resume_step is not None else None
+    universal = resume_meta is not None and resume_meta.world_size != world
+
+    ds_config = build_deepspeed_config(
+        micro_batch_size=config.micro_batch_size,
+        grad_accum_steps=config.grad_accum_steps,
+        zero_stage=config.zero_stage,
+        precision=config.precision,
+        optimizer=config.optimizer,
+    )
+    if universal:
+        ds_config["checkpoint"] = {"load_universal": True}
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    model = MaskTransformer(model_config)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=model.parameters(),
+        config=ds_config,
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_multiplier(s, config.optimizer, config.steps)
+        ),
+    )
+    ema = None
+    if config.ema_decay is not None:
+        from jobs.ema import WeightEMA
+
+        ema = WeightEMA(engine.module, config.ema_decay)
+
+    step, loader_state = 0, None
+    if resume_meta is not None:
+        step, loader_state = _restore(
+            engine, ema, store, resume_meta, work_dir, rank=rank, local_rank=local_rank, universal=universal
+        )
+
+    dataset = TokenDataset(
+        config.store,
+        batch_size=config.micro_batch_size * config.grad_accum_steps,
+        seed=config.seed,
+        rank=rank,
+        world_size=world,
+        storage_options=config.storage_options,
+        cache_dir=config.cache_dir or str(work_dir / "shard-cache"),
+        shuffle_window=config.shuffle_window,
+    )
+    loader = make_loader(dataset, num_workers=config.loader_workers)
+    if loader_state is not None:
+        loader.load_state_dict(loader_state)
+
+    outputs = RunOutputs(config, rank=rank) if rank == 0 else None
+    tokens_per_step = config.global_batch_size * model_config.num_tokens
+    timer, window = _Timer(), {"loss": 0.0, "masked_accuracy": 0.0, "count": 0}
+    if outputs is not None:
+        outputs.start_progress(initial=step, total=config.steps)
+    batches = iter(_endless(loader))
+    while step < config.steps:
+        batch = next(batches)
+        tokens = batch.tokens.to(device, non_blocking=True)
+        labels = batch.labels.to(device, non_blocking=True)
+        for micro, (micro_tokens, micro_labels) in enumerate(
+            zip(tokens.chunk(config.grad_accum_steps), labels.chunk(config.grad_accum_steps))
+        ):
+            result = masked_token_loss(
+                engine,
+                micro_tokens,
+                micro_labels,
+                generator=_seeded(config, step, rank, micro, device),
+                schedule=config.schedule,
+                mask_mode=config.mask_mode,
+                loss_on=config.loss_on,
+                label_smoothing=config.label_smoothing,
+                label_drop=config.label_drop,
+                mask_token_id=model_config.mask_token_id,
+            )
+            engine.backward(result.loss)
+            engine.step()
+            window["loss"] += float(result.loss.detach())
+            window["masked_accuracy"] += float(torch.nan_to_num(result.masked_accuracy, 0.0))
+            window["count"] += 1
+        step += 1
+        if ema is not None:
+            ema.update()
+        if step % config.log_every == 0 or step == config.steps:
+            metrics = _reduce_window(window, device)
+            elapsed = timer.lap()
+            metrics.update(
+                lr=engine.get_lr()[0],
+                grad_norm=float(engine.get_global_grad_norm() or 0.0),
+                tokens_per_s=tokens_per_step * metrics.pop("steps") / max(elapsed, 1e-9),
+                epoch=float(loader.state_dict().get("epoch", 0)),
+            )
+            window = {"loss": 0.0, "masked_accuracy": 0.0, "count": 0}
+            if outputs is not None:
+                outputs.log(step, metrics)
+            ray.train.report({"step": step, **metrics})
+        elif outputs is not None:
+            outputs.advance(step)
+        if config.sample_every and step % config.sample_every == 0 and config.tokenizer:
+            write_sample_grid(engine.module, config, model_config, step, outputs)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _save(engine, ema, store, config, model_config, step, loader.state_dict(), work_dir, rank, world)
+    if config.tokenizer:
+        write_sample_grid(engine.module, config, model_config, step, outputs)
+    dist.barrier()
+    if outputs is not None:
+        outputs.finish()
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _endless(loader):
+    """Batches across epochs: the loader's state moves to the next epoch after each pass."""
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("the token store yields no batch: it holds fewer samples than one global batch")
+
+
+def _reduce_window(window: dict, device: torch.device) -> dict:
+    import torch.distributed as dist
+
+    values = torch.tensor([window["loss"], window["masked_accuracy"], window["count"]], device=device)
+    dist.all_reduce(values)
+    count = max(values[2].item(), 1.0)
+    world = dist.get_world_size()
+    return {
+        "loss": values[0].item() / count,
+        "masked_accuracy": values[1].item() / count,
+        "steps": values[2].item() / world,
+    }
+
+
+def _save(
+    engine, ema, store: CheckpointStore, config, model_config, step, loader_state, work_dir, rank, world
+):
+    """Every rank saves and uploads its own files; rank 0 commits once all have (a barrier)."""
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    local_root = work_dir / "ckpt"
+    tag = step_dirname(step)
+    engine.save_checkpoint(str(local_root), tag=tag)
+    if ema is not None:
+        full = ema.full_state_dict()  # collective under ZeRO-3
+        if rank == 0:
+            save_file({k: v.contiguous() for k, v in full.items()}, str(local_root / tag / "ema.safetensors"))
+    store.upload_rank_files(step, local_root / tag, rank)
+    dist.barrier()
+    if rank == 0:
+        store.commit(
+            CheckpointMeta(
+                step=step,
+                world_size=world,
+                zero_stage=config.zero_stage,
+                loader_state=loader_state,
+                has_ema=ema is not None,
+                model_config=model_config.to_dict(),
+                extra={"sampling": config.sampling, "precision": config.precision},
+            )
+        )
+        store.prune(config.keep_checkpoints)
+    dist.barrier()
+    shutil.rmtree(local_root, ignore_errors=True)
+
+
+def _restore(engine, ema, store, meta: CheckpointMeta, work_dir: Path, *, rank, local_rank, universal):
+    """Load the latest complete checkpoint; convert it to the universal format if the world size changed."""
+    import torch.distributed as dist
+    from safetensors.torch import load_file
+
+    # One download (and conversion) per node, shared by that node's ranks.
+    run_key = hashlib.sha256(store.uri.encode()).hexdigest()[:12]
+    node_dir = Path(tempfile.gettempdir()) / f"maskgit-resume-{run_key}-{meta.step}"
+    if local_rank == 0:
+        step_dir = store.download(meta.step, node_dir)
+        if universal:
+            convert_to_universal(step_dir, node_dir / "universal-root")
+    dist.barrier()
+    step_dir = node_dir / step_dirname(meta.step)
+    if universal:
+        logger.info("resuming step %d saved by %d workers on a new world size", meta.step, meta.world_size)
+        load_path, _ = engine.load_checkpoint(str(node_dir / "universal-root"))
+    else:
+        load_path, _ = engine.load_checkpoint(str(node_dir), tag=step_dirname(meta.step))
+    if load_path is None:
+        raise ValueError(f"DeepSpeed could not load checkpoint {store.uri}/{step_dirname(meta.step)}")
+    if ema is not None:
+        ema_file = step_dir / "ema.safetensors"
+        if meta.has_ema and ema_file.is_file():
+            ema.load_full_state_dict(load_file(str(ema_file)))
+    dist.barrier()
+    if local_rank == 0:
+        shutil.rmtree(node_dir, ignore_errors=True)
+    return meta.step, meta.loader_state
