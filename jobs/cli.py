@@ -12,7 +12,11 @@ import importlib
 import logging
 import sys
 
-COMMAND_MODULES = ("jobs.tokenizer_cli",)
+COMMAND_MODULES = (
+    "jobs.tokenizer_cli",
+    "jobs.train",
+    "jobs.export",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
