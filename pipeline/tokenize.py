@@ -1,0 +1,135 @@
+"""The tokenize stage as a plain callable: uint8 images in, uint16 VQGAN token grids out.
+
+`TokenizeBatch` follows shared/STYLE.md convention 8 (and Ray's batch-inference examples): `__init__`
+loads the VQGAN once, `__call__(batch)` transforms one batch dict, and resources (GPUs, actor count,
+batch size) are chosen where Ray's `map_batches` is called, in jobs/tokenize.py. It runs without Ray.
+
+The model input is the reference's normalisation x / 127.5 - 1 (`pipeline.images.to_model_input`).
+With `flip=True` a second view holds the tokens of the horizontally flipped image (not the flipped
+tokens of the image: a VQGAN's codes are not mirror-symmetric), so training keeps the reference's
+random horizontal flip while reading pre-computed tokens.
+
+Shapes: B images, R×R pixels, V views (1, or 2 with the flip), h×w token grid (R / f).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from pipeline.images import to_model_input
+
+
+def local_tokenizer_path(url: str, storage_options: dict[str, Any] | None = None) -> str:
+    """A local path holding the tokenizer at `url`: the path itself, or a download of a remote folder.
+
+    Raises:
+        FileNotFoundError: nothing at `url`.
+    """
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    if not fs.exists(path):
+        raise FileNotFoundError(f"tokenizer {url} does not exist")
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        return path
+    target = tempfile.mkdtemp(prefix="maskgit-tokenizer-")
+    if fs.isdir(path):
+        fs.get(f"{path.rstrip('/')}/", target + "/", recursive=True)
+        return target
+    local = os.path.join(target, os.path.basename(path))
+    fs.get(path, local)
+    return local
+
+
+def tokenizer_identity(path: str) -> dict[str, Any]:
+    """{"config": VQGANConfig dict, "weights_sha256": digest of the weights file}: what a store records."""
+    from tokenizer.checkpoint import load_vqgan, read_vqgan_config, weights_digest
+
+    try:
+        config = read_vqgan_config(path)
+    except (FileNotFoundError, ValueError):  # a foreign checkpoint: its config comes from loading it
+        config = load_vqgan(path).config
+    return {"config": config.to_dict(), "weights_sha256": weights_digest(path)}
+
+
+class TokenizeBatch:
+    """Encode image batches to token grids with a VQGAN loaded once per instance (per Ray actor).
+
+    Args:
+        tokenizer: a VQGAN folder (`config.json` + `model.safetensors`), a taming checkpoint, or an
+            fsspec URL of either (downloaded once).
+        flip: also encode the horizontally flipped images (view 1).
+        batch_size: images per forward pass; a larger `__call__` batch is split into these.
+        device: "cuda", "cpu", ...; default CUDA when visible (Ray hides GPUs from CPU actors).
+        num_threads: torch CPU threads for this instance; None keeps torch's setting.
+        storage_options: fsspec options for a remote `tokenizer`.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        *,
+        flip: bool = False,
+        batch_size: int = 64,
+        device: str | None = None,
+        num_threads: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ):
+        import torch
+
+        from tokenizer.checkpoint import load_vqgan
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = load_vqgan(local_tokenizer_path(tokenizer, storage_options), map_location=self.device)
+        self.model.eval().requires_grad_(False)
+        if self.model.config.codebook_size > 65536:
+            raise ValueError(
+                f"codebook of {self.model.config.codebook_size} codes does not fit uint16 tokens"
+            )
+        self.flip = flip
+        self.batch_size = batch_size
+
+    @property
+    def num_views(self) -> int:
+        return 2 if self.flip else 1
+
+    def grid(self, resolution: int) -> tuple[int, int]:
+        """Token grid (h, w) for `resolution`-pixel square images."""
+        return self.model.config.grid_shape(resolution, resolution)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> (B, V, h, w) uint16 token ids (H, W multiples of the VQGAN's factor)."""
+        import torch
+
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (B, H, W, 3), got {images.dtype} {images.shape}")
+        h, w = self.model.config.grid_shape(images.shape[1], images.shape[2])
+        out = np.empty((len(images), self.num_views, h, w), np.uint16)
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                chunk = to_model_input(images[start : start + self.batch_size]).to(
+                    self.device
+                )  # (b, 3, R, R)
+                if self.flip:
+                    chunk = torch.cat([chunk, chunk.flip(-1)])  # one forward for both views: (2b, 3, R, R)
+                ids = self.model.encode_to_indices(chunk).to("cpu", torch.int32).numpy()  # (b·V, h, w)
+                count = len(ids) // self.num_views
+                out[start : start + count] = ids.reshape(self.num_views, count, h, w).transpose(1, 0, 2, 3)
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Replace `batch["images"]` (B, R, R, 3) uint8 by `batch["tokens"]` (B, V, h, w) uint16.
+
+        Other columns (labels, ids, ...) pass through unchanged.
+        """
+        result = {key: value for key, value in batch.items() if key != "images"}
+        result["tokens"] = self.encode(np.asarray(batch["images"]))
+        return result
