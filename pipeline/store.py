@@ -281,6 +281,7 @@ class ShardCommit(NamedTuple):
 
     shard: ShardInfo
     rejects: list[dict[str, Any]]
+    extra: dict[str, Any] | None = None  # whatever the writer attached (e.g. the largest label seen)
 
 
 class TokenStoreWriter:
@@ -344,13 +345,23 @@ class TokenStoreWriter:
     # shards ------------------------------------------------------------------------------------
 
     def write_shard(
-        self, index: int, shard: TokenShard, store_format: str, rejects: list[dict[str, Any]] = ()
+        self,
+        index: int,
+        shard: TokenShard,
+        store_format: str,
+        rejects: list[dict[str, Any]] = (),
+        extra: dict[str, Any] | None = None,
     ) -> ShardInfo:
-        """Write shard `index` as one object, then its commit record; returns the shard's info."""
+        """Write shard `index` as one object, then its commit record; returns the shard's info.
+
+        Args:
+            rejects: the inputs of this shard that were rejected (they go to the store's rejects file).
+            extra: JSON-ready facts to keep in the commit record (`ShardCommit.extra`).
+        """
         data = encode_shard(shard, store_format)
         info = ShardInfo(shard_path(index, store_format), len(shard.labels), sha256_hex(data), len(data))
         self._put_atomic(info.path, data)
-        record = {"index": index, "shard": info.to_dict(), "rejects": list(rejects)}
+        record = {"index": index, "shard": info.to_dict(), "rejects": list(rejects), "extra": extra}
         self._put_atomic(_commit_path(index), json.dumps(record, sort_keys=True).encode())
         return info
 
@@ -368,10 +379,11 @@ class TokenStoreWriter:
                 return None
             if len(data) != info.bytes or sha256_hex(data) != info.sha256:
                 return None
-        return ShardCommit(info, list(record["rejects"]))
+        return ShardCommit(info, list(record["rejects"]), record.get("extra"))
 
     def committed_indices(self) -> set[int]:
         """Indices with a commit record (unverified; `read_commit` verifies one)."""
+        self.fs.invalidate_cache()  # other processes write commit records; never trust a cached listing
         try:
             names = self.fs.ls(f"{self.root}/{COMMIT_DIR}", detail=False)
         except FileNotFoundError:

@@ -127,10 +127,11 @@ def write_store(url, rng, store_format, storage_options=None, sizes=(8, 8, 3)):
     for index in reversed(range(len(sizes))):  # any order: shard objects are independent
         shard = make_shard(rng, sizes[index], 2)
         rejects = [{"source": f"bad-{index}.jpg", "image_id": f"bad-{index}", "reason": "corrupt"}]
-        writer.write_shard(index, shard, store_format, rejects if index != 1 else [])
+        writer.write_shard(index, shard, store_format, rejects if index != 1 else [], {"max_label": index})
         shards.insert(0, shard)
     assert writer.committed_indices() == set(range(len(sizes)))
     commits = [writer.read_commit(i) for i in range(len(sizes))]
+    assert [c.extra["max_label"] for c in commits] == list(range(len(sizes)))
     with pytest.raises(StoreIncompleteError, match="incomplete"):
         open_token_store(url, storage_options)
     manifest = writer.commit(make_manifest(store_format, VIEWS2), commits)
