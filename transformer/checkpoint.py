@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from transformer.config import SamplingConfig, TransformerConfig
-from transformer.convert import read_reference_checkpoint
+from transformer.convert import REFERENCE_NUM_HEADS, read_reference_checkpoint
 from transformer.model import MaskTransformer, unwrap_model
 
 FORMAT_NAME = "maskgit-transformer"
@@ -125,6 +125,7 @@ def load_transformer(
     *,
     num_classes: int | None = None,
     codebook_size: int | None = None,
+    num_heads: int = REFERENCE_NUM_HEADS,
     map_location: str | torch.device = "cpu",
 ) -> MaskTransformer:
     """Load a transformer from our folder format or from a valeoai `.pth`, strictly, in eval mode.
@@ -133,6 +134,7 @@ def load_transformer(
         path: our checkpoint folder (or its config.json / model.safetensors), or a reference `.pth`.
         num_classes: only for reference files with a non-released vocabulary (see `convert.py`).
         codebook_size: alternatively to `num_classes`.
+        num_heads: only for reference files of a non-reference size (every reference size uses 16).
         map_location: device for the weights.
 
     Returns:
@@ -150,7 +152,9 @@ def load_transformer(
         state_dict = load_file(weights_path, device=str(map_location))
         source = str(weights_path)
     else:
-        reference = read_reference_checkpoint(path, num_classes=num_classes, codebook_size=codebook_size)
+        reference = read_reference_checkpoint(
+            path, num_classes=num_classes, codebook_size=codebook_size, num_heads=num_heads
+        )
         config, state_dict, source = reference.config, reference.state_dict, str(path)
     model = MaskTransformer(config)
     load_state_dict_strictly(model, state_dict, source)

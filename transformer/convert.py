@@ -64,6 +64,7 @@ def infer_reference_config(
     *,
     num_classes: int | None = None,
     codebook_size: int | None = None,
+    num_heads: int = REFERENCE_NUM_HEADS,
     source: str = "state dict",
 ) -> TransformerConfig:
     """Recover the `TransformerConfig` of a reference state dict from its tensor shapes.
@@ -72,6 +73,7 @@ def infer_reference_config(
         state_dict: reference `model_state_dict`.
         num_classes: C, if not the released 1000 (give this or `codebook_size` for V != 2026).
         codebook_size: K, alternatively.
+        num_heads: attention heads (not visible in shapes; 16 in every reference size).
         source: name used in error messages.
 
     Returns:
@@ -118,14 +120,18 @@ def infer_reference_config(
         num_classes=num_classes,
         hidden_size=width,
         depth=max(layer_ids) + 1,
-        num_heads=REFERENCE_NUM_HEADS,
+        num_heads=num_heads,
         mlp_size=mlp_size,
         dropout=REFERENCE_DROPOUT,
     )
 
 
 def read_reference_checkpoint(
-    path: str | Path, *, num_classes: int | None = None, codebook_size: int | None = None
+    path: str | Path,
+    *,
+    num_classes: int | None = None,
+    codebook_size: int | None = None,
+    num_heads: int = REFERENCE_NUM_HEADS,
 ) -> ReferenceCheckpoint:
     """Read a valeoai v1 `.pth` (or a bare state dict saved with `torch.save`) without running pickles.
 
@@ -133,6 +139,7 @@ def read_reference_checkpoint(
         path: the `.pth` file.
         num_classes: C for non-released vocabularies (see `infer_reference_config`).
         codebook_size: K, alternatively.
+        num_heads: attention heads (16 in every reference size; not visible in shapes).
 
     Returns:
         ReferenceCheckpoint(config, state_dict, sampling, iteration, epoch).
@@ -163,7 +170,11 @@ def read_reference_checkpoint(
         raise ValueError(f"{path}: expected a dict with 'model_state_dict' (valeoai .pth), found {keys}")
     state_dict = _strip_wrapper_prefixes(dict(state_dict))
     config = infer_reference_config(
-        state_dict, num_classes=num_classes, codebook_size=codebook_size, source=str(path)
+        state_dict,
+        num_classes=num_classes,
+        codebook_size=codebook_size,
+        num_heads=num_heads,
+        source=str(path),
     )
 
     def integer(key: str) -> int | None:

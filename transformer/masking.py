@@ -10,8 +10,8 @@ Two families of schedules, named as their sources name them:
   reference computes them), zeros become 1, and the last step absorbs the remainder.
 * google-research/maskgit (§D2): ``jax-cosine``, ``jax-uniform``, ``jax-pow<K>`` (e.g. ``jax-pow2``),
   ``jax-log``, ``jax-exp``: γ(ratio) is the fraction still masked; step t leaves
-  ⌊N·γ((t+1)/T)⌋ tokens masked (clamped to ≥ 1 and < the number still masked), and the paper's
-  training masks γ(r)·N tokens.
+  ⌊N·γ((t+1)/T)⌋ tokens masked (clamped to ≥ 1 and < the number still masked) and the last step
+  reveals the rest; the paper's training masks γ(r)·N tokens.
 
 Counts here are *per-step increments* (tokens revealed at each step), never cumulative ratios.
 """
@@ -63,14 +63,15 @@ def jax_gamma(ratio: torch.Tensor, schedule: str, num_tokens: int) -> torch.Tens
         γ(ratio), same shape, clipped to [1e-6, 1] as the JAX decoder does.
     """
     method = schedule.removeprefix("jax-")
+    log_tokens = math.log2(max(num_tokens, 2))  # a 1-token grid would divide by log2(1) = 0
     if method == "cosine":
         gamma = torch.cos(math.pi / 2 * ratio)
     elif method == "uniform":
         gamma = 1 - ratio
     elif method == "log":
-        gamma = -torch.log2(ratio) / math.log2(num_tokens)
+        gamma = -torch.log2(ratio) / log_tokens
     elif method == "exp":
-        gamma = 1 - torch.exp2(-math.log2(num_tokens) * (1 - ratio))
+        gamma = 1 - torch.exp2(-log_tokens * (1 - ratio))
     else:
         match = _JAX_POW.match(schedule)
         if match is None:
@@ -107,6 +108,8 @@ def mask_ratio(uniform: torch.Tensor, schedule: str = "arccos", num_tokens: int 
 
 @functools.lru_cache(maxsize=1024)
 def _reference_counts(num_tokens: int, steps: int, schedule: str) -> tuple[int, ...]:
+    if steps == 1:
+        return (num_tokens,)  # the reference divides 0 by 0 here (its only weight is g(1) = 0)
     # float32 like the reference (torch.linspace's default dtype): rounding at .5 boundaries depends on it.
     r = torch.linspace(1, 0, steps, dtype=torch.float32)
     weights = _reference_weight(r, schedule)
@@ -114,16 +117,21 @@ def _reference_counts(num_tokens: int, steps: int, schedule: str) -> tuple[int, 
     counts[counts == 0] = 1
     counts[-1] += num_tokens - counts.sum()
     counts = [int(c) for c in counts.tolist()]
-    if min(counts) < 0:
-        # The reference goes negative when N < T (more steps than tokens); cap the running total at N
-        # instead, which leaves the surplus steps with nothing to reveal.
-        total, capped = 0, []
-        for count in counts:
-            step_count = max(0, min(count, num_tokens - total))
-            capped.append(step_count)
-            total += step_count
-        capped[-1] += num_tokens - total
-        counts = capped
+    if min(counts) < 1:
+        # With many steps for few tokens the reference's last count goes to 0 or below (its zeros-to-1
+        # rule overshoots N). Only then: round the cumulative schedule instead, keeping >= 1 token per
+        # step when N >= T, so the counts stay a valid partition of N that follows the same curve.
+        floor = 1 if num_tokens >= steps else 0
+        cumulative = (
+            (weights.double().cumsum(0) / weights.double().sum() * num_tokens).round().long().tolist()
+        )
+        total, counts = 0, []
+        for step, target in enumerate(cumulative):
+            low = total + floor
+            high = num_tokens - floor * (steps - 1 - step)
+            reached = min(max(int(target), low), high)
+            counts.append(reached - total)
+            total = reached
     return tuple(counts)
 
 
@@ -137,6 +145,9 @@ def _jax_counts(num_tokens: int, steps: int, schedule: str) -> tuple[int, ...]:
         revealed = max(0, unknown - still_masked)
         counts.append(revealed)
         unknown -= revealed
+    # The JAX decoder re-masks one token after its last step but returns the prediction made before
+    # that re-masking, so its output reveals everything: the last step takes the remainder.
+    counts[-1] += unknown
     return tuple(counts)
 
 
@@ -146,9 +157,8 @@ def tokens_per_step(
     """Number of tokens revealed at each decoding step.
 
     For valeoai schedules this is the reference `adap_sche` table (e.g. arccos, T = 8, N = 256:
-    1, 18, 26, 32, 38, 43, 48, 50) and sums to N. For ``jax-*`` schedules it is what the JAX decoder
-    reveals; that decoder re-masks one token after its last step but returns the prediction made
-    before, so its counts sum to N − 1 and `sample()` fills every remaining token at the last step.
+    1, 18, 26, 32, 38, 43, 48, 50); for ``jax-*`` schedules it is what the JAX decoder's output
+    reveals (jax-cosine, T = 8, N = 256: 5, 15, 24, 31, 39, 45, 48, 49). Counts always sum to N.
 
     Args:
         num_tokens: N, tokens to reveal (the masked tokens of a sample).
