@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "jobs.tokenizer_cli",
     "jobs.train",
     "jobs.export",
+    "jobs.transformer_cli",
+    "jobs.sample",
 )
 
 
