@@ -92,7 +92,7 @@ def train_loop(config_dict: dict) -> None:
     import torch.distributed as dist
 
     from jobs.train_outputs import RunOutputs, write_sample_grid
-    from pipeline.dataset import TokenDataset, make_loader
+    from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset, make_loader
     from transformer.model import MaskTransformer
     from transformer.objective import masked_token_loss
 
@@ -145,13 +145,12 @@ def train_loop(config_dict: dict) -> None:
 
     dataset = TokenDataset(
         config.store,
-        batch_size=config.micro_batch_size * config.grad_accum_steps,
-        seed=config.seed,
+        batch_size=config.micro_batch_size * config.grad_accum_steps,  # a rank's share of one step
         rank=rank,
         world_size=world,
+        order=OrderConfig(seed=config.seed, shuffle_window=config.shuffle_window),
+        streaming=StreamingConfig(cache_dir=config.cache_dir),
         storage_options=config.storage_options,
-        cache_dir=config.cache_dir or str(work_dir / "shard-cache"),
-        shuffle_window=config.shuffle_window,
     )
     loader = make_loader(dataset, num_workers=config.loader_workers)
     if loader_state is not None:
