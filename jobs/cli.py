@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "jobs.tokenizer_cli",
     "jobs.train",
     "jobs.export",
+    "jobs.tokenize",
     "jobs.transformer_cli",
     "jobs.sample",
 )

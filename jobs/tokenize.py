@@ -1,0 +1,418 @@
+"""`maskgit tokenize`: a Ray Data job that turns an image dataset into a token store, exactly once.
+
+The plan (pipeline.sources.plan_sources) is a pure function of the sorted input listing and the shard
+size, so every run of the same command computes the same shard tasks. The store's `_plan.json` pins
+the settings (tokenizer sha256, resolution, views, format, shard size, listing digest): a rerun with
+other settings is an error, not a silent mix. Shards whose commit record exists and whose object
+verifies are skipped; the others flow through a streaming Ray Data pipeline, one row per shard:
+
+    shard task --map (CPU tasks)--> images, labels, rejects    read + decode + short-side resize + crop
+               --map_batches(_TokenizeShards, ActorPoolStrategy)--> tokens     VQGAN loaded once per actor
+               --map (CPU tasks)--> one shard object + its commit record (TokenStoreWriter.write_shard)
+
+Memory stays bounded: one shard per block, Ray Data's backpressure keeps few blocks in flight, and the
+driver keeps only the small per-shard commit infos. `manifest.json` is written last, by the driver,
+after every shard is committed. Credentials come from the standard AWS environment or
+`--storage-options` and are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from pipeline.store import (
+    FORMAT_VERSION,
+    STORE_FORMATS,
+    VIEWS,
+    ShardCommit,
+    ShardInfo,
+    StoreManifest,
+    TokenShard,
+    TokenStoreWriter,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenizeOptions:
+    """Settings of one tokenization run; the first block decides the store's content.
+
+    Attributes:
+        input: image folder tree, WebDataset tars (folder, glob or brace pattern) or Parquet; local or s3://.
+        output: store URL (local path or s3://bucket/prefix).
+        tokenizer: VQGAN folder (config.json + model.safetensors) or checkpoint; local or remote.
+        store_format: "arrow" or "zarr".
+        resolution: pixels of the square model input (short side resized, then center crop).
+        flip: also store the tokens of the horizontally flipped image.
+        shard_size: images per shard (folder), rows per shard (Parquet); a tar is one shard.
+        input_format: "folder" | "webdataset" | "parquet"; None detects it from the input.
+        class_map: class map file (JSON list / object or one name a line); None = sorted folder names.
+        batch_size: images per VQGAN forward pass.
+        actors: tokenizer actors.
+        num_gpus_per_actor: None = 1 when the cluster has GPUs, else 0.
+        num_cpus_per_actor: CPU reservation of a tokenizer actor (fractional avoids 2-CPU deadlocks).
+        threads_per_actor: torch threads per CPU actor; None = this node's cores / actors.
+        storage_options: fsspec options for input, output and tokenizer (None = AWS environment).
+        ray_address: cluster to join; None joins RAY_ADDRESS (as under `ray job submit`) or starts one.
+        num_cpus: CPUs of a locally started Ray (None = all).
+        progress: show Ray Data's progress bars.
+    """
+
+    input: str
+    output: str
+    tokenizer: str
+    store_format: str = "arrow"
+    resolution: int = 256
+    flip: bool = False
+    shard_size: int = 256
+    input_format: str | None = None
+    class_map: str | None = None
+    batch_size: int = 32
+    actors: int = 1
+    num_gpus_per_actor: float | None = None
+    num_cpus_per_actor: float = 0.5
+    threads_per_actor: int | None = None
+    storage_options: dict[str, Any] | None = None
+    ray_address: str | None = None
+    num_cpus: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.store_format not in STORE_FORMATS:
+            raise ValueError(f"--format must be one of {STORE_FORMATS}, got {self.store_format!r}")
+        for name in ("resolution", "shard_size", "batch_size", "actors"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class TokenizeSummary(NamedTuple):
+    """What a run did; `images`/`rejects`/`bytes` cover the whole store, the rest this run."""
+
+    output: str
+    images: int
+    rejects: int
+    shards: int
+    shards_written: int
+    shards_skipped: int
+    bytes: int
+    seconds: float
+    images_per_s: float  # images tokenized by this run / seconds
+    manifest: StoreManifest
+
+
+# --- pipeline stages (run in Ray workers) ---------------------------------------------------------
+
+
+def _prepare_row(row: dict[str, Any], *, resolution: int, storage_options, class_map) -> dict[str, Any]:
+    """Shard task -> decoded, resized images (as raw bytes: one binary column, no tensor quirks)."""
+    from pipeline.sources import ShardTask, prepare_shard
+
+    task = ShardTask.from_json(row["task"])
+    shard = prepare_shard(task, resolution, storage_options=storage_options, class_map=class_map)
+    return {
+        "index": task.index,
+        "count": len(shard.labels),
+        "images": shard.images.tobytes(),  # (n, R, R, 3) uint8
+        "labels": shard.labels.astype(np.int64).tobytes(),
+        "image_ids": json.dumps(shard.image_ids.tolist()),
+        "rejects": json.dumps(shard.rejects),
+    }
+
+
+class _TokenizeShards:
+    """Actor: runs TokenizeBatch over each shard row's images (the VQGAN is loaded once)."""
+
+    def __init__(self, tokenizer: str, *, flip, batch_size, resolution, threads, actors, storage_options):
+        from pipeline.tokenize import TokenizeBatch
+
+        if threads is None:
+            import torch
+
+            threads = max(1, (os.cpu_count() or 1) // actors) if not torch.cuda.is_available() else None
+        self.stage = TokenizeBatch(
+            tokenizer, flip=flip, batch_size=batch_size, num_threads=threads, storage_options=storage_options
+        )
+        self.resolution = resolution
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tokens = []
+        for count, images in zip(batch["count"], batch["images"]):
+            pixels = np.frombuffer(bytearray(images), np.uint8)  # writable: torch warns on read-only arrays
+            pixels = pixels.reshape(int(count), self.resolution, self.resolution, 3)
+            tokens.append(self.stage({"images": pixels})["tokens"].tobytes())  # (n, V, h, w) uint16
+        result = {key: value for key, value in batch.items() if key != "images"}
+        result["tokens"] = np.array(tokens, dtype=object)
+        return result
+
+
+def _write_row(
+    row: dict[str, Any], *, output, store_format, num_views, grid, storage_options
+) -> dict[str, Any]:
+    """Tokens of one shard -> one shard object + commit record; returns the small commit info."""
+    count = int(row["count"])
+    labels = np.frombuffer(row["labels"], np.int64)
+    shard = TokenShard(
+        np.frombuffer(row["tokens"], np.uint16).reshape(count, num_views, *grid),
+        labels,
+        np.asarray(json.loads(row["image_ids"]), dtype=str),
+    )
+    rejects = json.loads(row["rejects"])
+    extra = {"max_label": int(labels.max()) if count else -1}
+    writer = TokenStoreWriter(output, storage_options)
+    info = writer.write_shard(int(row["index"]), shard, store_format, rejects, extra)
+    return {"index": int(row["index"]), "commit": json.dumps([info.to_dict(), rejects, extra])}
+
+
+# --- driver ---------------------------------------------------------------------------------------
+
+
+def _start_ray(options: TokenizeOptions) -> bool:
+    """Join or start Ray; True when this call started it (and so must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = options.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def _run_pending(options, pending, *, class_map, num_views, grid) -> dict[int, ShardCommit]:
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+    from tqdm import tqdm
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = options.progress
+    gpus = options.num_gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    so = options.storage_options
+    rows = [{"index": task.index, "task": task.to_json()} for task in pending]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # one shard task per block
+    dataset = dataset.map(
+        _prepare_row,
+        fn_kwargs={"resolution": options.resolution, "storage_options": so, "class_map": class_map},
+    )
+    dataset = dataset.map_batches(
+        _TokenizeShards,
+        batch_size=1,
+        compute=ActorPoolStrategy(size=options.actors),
+        num_cpus=options.num_cpus_per_actor,
+        num_gpus=gpus,
+        fn_constructor_args=(options.tokenizer,),
+        fn_constructor_kwargs={
+            "flip": options.flip,
+            "batch_size": options.batch_size,
+            "resolution": options.resolution,
+            "threads": options.threads_per_actor,
+            "actors": options.actors,
+            "storage_options": so,
+        },
+    )
+    dataset = dataset.map(
+        _write_row,
+        num_cpus=0.1,  # I/O bound: do not take a core from decoding or encoding
+        fn_kwargs={
+            "output": options.output,
+            "store_format": options.store_format,
+            "num_views": num_views,
+            "grid": grid,
+            "storage_options": so,
+        },
+    )
+    commits: dict[int, ShardCommit] = {}
+    with tqdm(total=len(pending), desc="shards committed", unit="shard", disable=not options.progress) as bar:
+        for row in dataset.iter_rows():
+            info, rejects, extra = json.loads(row["commit"])
+            commits[int(row["index"])] = ShardCommit(ShardInfo.from_dict(info), rejects, extra)
+            bar.update(1)
+    return commits
+
+
+def _verified_commits(writer: TokenStoreWriter, indices: list[int]) -> dict[int, ShardCommit]:
+    """Commit records whose shard object exists and matches its checksum (others get redone)."""
+    candidates = sorted(writer.committed_indices() & set(indices))
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        found = pool.map(lambda i: (i, writer.read_commit(i, verify=True)), candidates)
+        return {index: commit for index, commit in found if commit is not None}
+
+
+def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
+    """Tokenize `options.input` into the token store at `options.output`, resuming what is committed.
+
+    Raises:
+        FileNotFoundError: missing input or tokenizer.
+        ValueError: bad settings, or an existing store begun with other settings (StoreSettingsError).
+    """
+    from pipeline.sources import load_class_map, plan_sources
+    from pipeline.tokenize import local_tokenizer_path, tokenizer_identity
+    from tokenizer.config import VQGANConfig
+
+    started = time.perf_counter()
+    so = options.storage_options
+    class_map = load_class_map(options.class_map, so) if options.class_map else None
+    plan = plan_sources(
+        options.input, input_format=options.input_format, shard_size=options.shard_size, class_map=class_map,
+        storage_options=so,
+    )  # fmt: skip
+    identity = tokenizer_identity(local_tokenizer_path(options.tokenizer, so))
+    config = VQGANConfig.from_dict(identity["config"])
+    grid = config.grid_shape(options.resolution, options.resolution)
+    if config.codebook_size > 65536:
+        raise ValueError(f"a codebook of {config.codebook_size} codes does not fit the store's uint16 tokens")
+    views = VIEWS[: 2 if options.flip else 1]
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "store_format": options.store_format,
+        "resolution": options.resolution,
+        "views": list(views),
+        "shard_size": options.shard_size,
+        "input_format": plan.input_format,
+        "sources": list(plan.sources),
+        "num_inputs": plan.num_inputs,
+        "listing_sha256": plan.listing_sha256,
+        "num_shards": len(plan.tasks),
+        "class_names": list(plan.class_names),
+        "tokenizer": identity,
+    }
+    writer = TokenStoreWriter(options.output, so)
+    writer.ensure_plan(settings)
+    commits = _verified_commits(writer, [task.index for task in plan.tasks])
+    pending = [task for task in plan.tasks if task.index not in commits]
+    log.info(
+        "tokenize %s -> %s: %d shards planned, %d already committed, %d to do",
+        plan.sources[0], options.output, len(plan.tasks), len(commits), len(pending),
+    )  # fmt: skip
+    written = {}
+    if pending:
+        owns_ray = _start_ray(options)
+        try:
+            written = _run_pending(options, pending, class_map=class_map, num_views=len(views), grid=grid)
+        finally:
+            if owns_ray:
+                import ray
+
+                ray.shutdown()
+    missing = [task.index for task in pending if task.index not in written]
+    if missing:
+        raise RuntimeError(f"shards {missing[:10]} produced no commit; rerun the same command to resume")
+    commits.update(written)
+    ordered = [commits[task.index] for task in plan.tasks]
+    class_names = plan.class_names
+    if not class_names:  # tar / Parquet without a class map: labels 0..max seen
+        top = max((c.extra or {}).get("max_label", -1) for c in ordered)
+        class_names = tuple(str(i) for i in range(top + 1))
+    manifest = writer.commit(
+        StoreManifest(
+            store_format=options.store_format,
+            codebook_size=config.codebook_size,
+            grid=grid,
+            resolution=options.resolution,
+            views=views,
+            tokenizer=identity,
+            class_names=class_names,
+            shards=(),
+            sources=plan.sources,
+            settings=settings,
+            created_by="maskgit tokenize (maskgit-pipeline)",
+        ),
+        ordered,
+    )
+    seconds = time.perf_counter() - started
+    new_images = sum(commit.shard.num_samples for commit in written.values())
+    return TokenizeSummary(
+        output=options.output,
+        images=manifest.num_samples,
+        rejects=sum(len(c.rejects) for c in ordered),
+        shards=len(ordered),
+        shards_written=len(written),
+        shards_skipped=len(ordered) - len(written),
+        bytes=sum(c.shard.bytes for c in ordered),
+        seconds=seconds,
+        images_per_s=new_images / seconds if seconds > 0 else 0.0,
+        manifest=manifest,
+    )
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def _storage_options(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    if text.startswith("@"):
+        with open(text[1:]) as handle:
+            text = handle.read()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--storage-options is not valid JSON ({error.msg} at {error.pos})") from None
+    if not isinstance(value, dict):
+        raise ValueError("--storage-options must be a JSON object")
+    return value
+
+
+def _run_cli(args) -> int:
+    fields = {
+        name: getattr(args, name) for name in TokenizeOptions.__dataclass_fields__ if hasattr(args, name)
+    }
+    fields["storage_options"] = _storage_options(args.storage_options)
+    fields["store_format"] = args.format
+    summary = run_tokenize(TokenizeOptions(**fields))
+    rate = f"{summary.images_per_s:.1f} images/s" if summary.shards_written else "nothing left to do"
+    print(
+        f"token store {summary.output}: {summary.images} images in {summary.shards} shards "
+        f"({summary.shards_written} written, {summary.shards_skipped} already committed), "
+        f"{summary.rejects} rejects, {summary.bytes / 2**20:.2f} MiB, {summary.seconds:.1f} s, {rate}"
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    defaults = TokenizeOptions("", "", "")
+    parser = subparsers.add_parser(
+        "tokenize",
+        help="tokenize an image dataset into a token store (Ray Data job, resumable)",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--input", required=True, help="folder tree, WebDataset tars or Parquet (local/s3://)"
+    )
+    parser.add_argument("--output", required=True, help="token store URL (local path or s3://bucket/prefix)")
+    parser.add_argument("--tokenizer", required=True, help="VQGAN folder or checkpoint (local or remote)")
+    parser.add_argument("--format", choices=STORE_FORMATS, default=defaults.store_format)
+    parser.add_argument("--resolution", type=int, default=defaults.resolution)
+    parser.add_argument("--flip", action="store_true", help="also store the horizontally flipped view")
+    parser.add_argument("--shard-size", type=int, default=defaults.shard_size)
+    parser.add_argument("--input-format", choices=("folder", "webdataset", "parquet"), default=None)
+    parser.add_argument("--class-map", default=None, help="JSON list/object or text file of class names")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--actors", type=int, default=defaults.actors)
+    parser.add_argument("--num-gpus-per-actor", type=float, default=None, help="default: 1 if GPUs exist")
+    parser.add_argument("--num-cpus-per-actor", type=float, default=defaults.num_cpus_per_actor)
+    parser.add_argument("--threads-per-actor", type=int, default=None)
+    parser.add_argument(
+        "--storage-options",
+        default=os.environ.get("MASKGIT_STORAGE_OPTIONS"),
+        help="fsspec options as JSON or @file (default $MASKGIT_STORAGE_OPTIONS, else the AWS environment)",
+    )
+    parser.add_argument("--ray-address", default=None, help="default: $RAY_ADDRESS, else a local Ray")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.set_defaults(run=_run_cli)
+
+
+__all__ = ["TokenizeOptions", "TokenizeSummary", "register", "run_tokenize"]
