@@ -134,19 +134,19 @@ class VQGANConfig:
 PRESETS: dict[str, VQGANConfig] = {
     # Exactly taming's vqgan_imagenet_f16_1024: 72,141,699 parameters, 343 state-dict tensors.
     "imagenet-f16-1024": VQGANConfig(),
-    # 32 px (Fashion-MNIST, CIFAR) -> 8×8 tokens; ~0.6M parameters, trains in minutes on 2 CPU cores.
+    # 32 px (Fashion-MNIST, CIFAR) -> 8×8 tokens; 275k parameters, ~0.2 s per batch-16 step on 1 CPU core.
     "tiny-f4": VQGANConfig(
         resolution=32,
-        ch=32,
+        ch=16,
         ch_mult=(1, 2, 2),
         num_res_blocks=1,
         attn_resolutions=(8,),
-        z_channels=64,
-        embed_dim=32,
+        z_channels=32,
+        embed_dim=16,
         n_embed=256,
         norm_groups=8,
     ),
-    # 64 px -> 8×8 tokens (or 32 px -> 4×4); ~2.5M parameters.
+    # 64 px -> 8×8 tokens (or 32 px -> 4×4); 7.5M parameters.
     "small-f8": VQGANConfig(
         resolution=64,
         ch=48,
