@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "jobs.tokenize",
     "jobs.transformer_cli",
     "jobs.sample",
+    "jobs.serve",
 )
 
 

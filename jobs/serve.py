@@ -1,0 +1,263 @@
+"""`maskgit serve`: the Ray Serve sampler, an HTTP ingress in front of a batching model deployment.
+
+Two deployments, thin adapters over `jobs/serve_engine.py` and `jobs/serve_http.py` (STYLE.md §10):
+
+* `MaskGITSampler` holds a `SamplerEngine` (transformer + VQGAN, loaded once per replica). Its
+  `@serve.batch` queue counts **images**, not requests (`batch_size_fn=count_images`): requests are
+  merged into one sampler call up to `max_batch_images` images, and the engine splits a batch into
+  one `sample()` call per group of equal knobs. `max_ongoing_requests` is 2 × `max_batch_images`,
+  so the replica accepts enough requests to fill a batch while the previous one runs (Serve's
+  default of 5 would silently cap the batch, ray#43288). Sampling runs in a worker thread so the
+  replica keeps queueing requests meanwhile.
+* `MaskGITIngress` serves the FastAPI app (`/v1/generate`, `/v1/inpaint`, `/v1/health`,
+  `/v1/models`, `/docs`), validates requests and forwards `SampleJob`s to the sampler.
+
+Scaling: `replicas` fixed sampler replicas, or autoscaling with `max_replicas` (Serve's
+`autoscaling_config`: `min_replicas` … `max_replicas`, `target_ongoing_requests = max_batch_images`,
+i.e. add a replica when each has about a full batch waiting). `num_gpus` per replica (fractions
+share a GPU) with `autocast_bf16` for bfloat16; CPU otherwise. A `deployments:` section in a Serve
+config file (see `jobs/serve_config.yaml`) overrides these per deployment.
+
+Entry points:
+
+    maskgit serve --transformer DIR --tokenizer DIR [--port 8000] [--duration S | --detach]
+    serve run jobs/serve_config.yaml                    # or: serve deploy jobs/serve_config.yaml
+    serve run jobs.serve:app_builder transformer=DIR tokenizer=DIR
+    url = start_server(ServeOptions(transformer=..., tokenizer=...))   # from Python
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+import typing
+from typing import Any
+
+from jobs.serve_schema import ServeOptions
+
+logger = logging.getLogger(__name__)
+
+SAMPLER_DEPLOYMENT = "MaskGITSampler"
+INGRESS_DEPLOYMENT = "MaskGITIngress"
+
+
+def _deployments():
+    """The two deployment classes (built on first use so `maskgit --help` never imports Ray)."""
+    from ray import serve
+
+    from jobs.serve_engine import JobFailure, JobOutput, SampleJob, SamplerEngine, count_images
+    from jobs.serve_http import build_http_app
+
+    @serve.deployment(name=SAMPLER_DEPLOYMENT)
+    class MaskGITSampler:
+        """One replica: a loaded model and an image-counting batch queue in front of it."""
+
+        def __init__(self, options: dict[str, Any]):
+            opts = ServeOptions.from_dict(options)
+            self.engine = SamplerEngine(
+                opts.transformer,
+                opts.tokenizer,
+                name=opts.display_name,
+                device=opts.device,
+                autocast_bf16=opts.autocast_bf16,
+            )
+            self._sample_batch.set_max_batch_size(opts.max_batch_images)
+            self._sample_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+
+        def info(self) -> dict[str, Any]:
+            return self.engine.info()
+
+        def ping(self) -> bool:
+            return True
+
+        async def run(self, job: SampleJob) -> JobOutput | JobFailure:
+            return await self._sample_batch(job)
+
+        # Sizes are replaced from the options in __init__; these are Serve's decorator defaults.
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=count_images)
+        async def _sample_batch(self, jobs: list[SampleJob]) -> list[JobOutput | JobFailure]:
+            return await asyncio.to_thread(self.engine.run, jobs)
+
+    class _HandleSampler:
+        """`serve_http.Sampler` over a deployment handle."""
+
+        def __init__(self, handle):
+            self.handle = handle
+
+        async def run(self, job: SampleJob) -> JobOutput | JobFailure:
+            return await self.handle.run.remote(job)
+
+        async def ping(self) -> bool:
+            return bool(await self.handle.ping.remote())
+
+    @serve.deployment(name=INGRESS_DEPLOYMENT)
+    @serve.ingress()
+    class MaskGITIngress:
+        """HTTP ingress: the FastAPI app, built once the sampler has said what it serves."""
+
+        async def __init__(self, sampler, options: dict[str, Any]):
+            self.options = ServeOptions.from_dict(options)
+            self.sampler = _HandleSampler(sampler)
+            self.info = await sampler.info.remote()
+
+        def __serve_build_asgi_app__(self):
+            return build_http_app(self.sampler, self.info, self.options)
+
+    return MaskGITSampler, MaskGITIngress
+
+
+def build_app(options: ServeOptions):
+    """The Serve application (ingress bound to the sampler) for `options`."""
+    sampler_cls, ingress_cls = _deployments()
+    scaling: dict[str, Any] = {"num_replicas": options.replicas}
+    if options.max_replicas is not None:
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": options.min_replicas,
+                "max_replicas": options.max_replicas,
+                "target_ongoing_requests": options.max_batch_images,
+            }
+        }
+    sampler = sampler_cls.options(
+        max_ongoing_requests=options.sampler_max_ongoing_requests,
+        ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+        **scaling,
+    ).bind(options.to_dict())
+    return ingress_cls.options(
+        max_ongoing_requests=options.ingress_max_ongoing_requests,
+        # The ingress waits on the sampler; it needs no CPU slot of its own.
+        ray_actor_options={"num_cpus": 0},
+    ).bind(sampler, options.to_dict())
+
+
+def app_builder(args: dict[str, Any]):
+    """Application builder for `serve run jobs.serve:app_builder key=value …` and the YAML's `args`."""
+    return build_app(ServeOptions.from_dict(dict(args)))
+
+
+def server_url(options: ServeOptions) -> str:
+    """Base URL of the application (no trailing slash)."""
+    return f"http://{options.host}:{options.port}{options.route_prefix.rstrip('/')}"
+
+
+def start_server(options: ServeOptions, *, ray_address: str | None = None) -> str:
+    """Start Ray (if needed), Serve's HTTP proxy and the application; return its base URL.
+
+    Returns once the application is running (models loaded). `stop_server()` undoes it.
+
+    Args:
+        options: what to serve and how.
+        ray_address: Ray cluster to join (default: the running one, RAY_ADDRESS, or a new local one).
+
+    Returns:
+        e.g. "http://127.0.0.1:8000"; `POST {url}/v1/generate`.
+    """
+    import ray
+    from ray import serve
+
+    for name in ("transformer", "tokenizer"):
+        path = getattr(options, name)
+        if "://" not in path and not os.path.exists(path):
+            raise FileNotFoundError(f"--{name} {path} does not exist")
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, logging_level=logging.WARNING)
+    serve.start(http_options={"host": options.host, "port": options.port})
+    serve.run(
+        build_app(options),
+        name=options.app_name,
+        route_prefix=options.route_prefix,
+        blocking=False,
+    )
+    url = server_url(options)
+    logger.info("serving %s at %s (docs: %s/docs)", options.display_name, url, url)
+    return url
+
+
+def stop_server(*, shutdown_ray: bool = True) -> None:
+    """Shut Serve down (and Ray, when this process started it)."""
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    if shutdown_ray and ray.is_initialized():
+        ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+
+_CLI_FIELDS = {
+    "transformer": "transformer checkpoint folder (or reference .pth)",
+    "tokenizer": "VQGAN checkpoint folder (or taming checkpoint)",
+    "model_name": "public model name (default: the transformer folder's name)",
+    "host": "HTTP bind address",
+    "port": "HTTP port",
+    "route_prefix": "URL prefix",
+    "replicas": "sampler replicas",
+    "min_replicas": "autoscaling minimum (with --max-replicas)",
+    "max_replicas": "enable autoscaling up to this many sampler replicas",
+    "num_gpus": "GPUs per sampler replica",
+    "num_cpus": "CPUs per sampler replica",
+    "device": "auto | cpu | cuda",
+    "max_batch_images": "most images per sampler call",
+    "batch_wait_timeout_s": "seconds a partial batch waits for more requests",
+    "max_images_per_request": "limit on images per request",
+    "max_steps": "limit on decoding steps",
+    "max_payload_bytes": "limit on request body size",
+    "max_image_side": "limit on uploaded image sides",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `serve` subcommand."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve generation and inpainting over HTTP (Ray Serve)",
+        description="Start Ray Serve with the MaskGIT sampler: POST /v1/generate, POST /v1/inpaint, "
+        "GET /v1/health, GET /v1/models, /docs. Blocks until Ctrl-C unless --duration or --detach.",
+    )
+    hints = typing.get_type_hints(ServeOptions)
+    defaults = {f.name: f.default for f in dataclasses.fields(ServeOptions)}
+    for name, help_text in _CLI_FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        kind = next(t for t in typing.get_args(hints[name]) or (hints[name],) if t is not type(None))
+        required = name in ("transformer", "tokenizer")
+        default = None if required else defaults[name]
+        parser.add_argument(
+            flag, dest=name, type=kind, required=required, default=default, help=f"{help_text} ({default})"
+        )
+    parser.add_argument("--bf16", dest="autocast_bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster (default: local or RAY_ADDRESS)")
+    stop = parser.add_mutually_exclusive_group()
+    stop.add_argument("--duration", type=float, default=None, help="serve this many seconds, then stop")
+    stop.add_argument(
+        "--detach", action="store_true", help="return once serving (the app keeps running on the cluster)"
+    )
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    values = {name: getattr(args, name) for name in (*_CLI_FIELDS, "autocast_bf16")}
+    options = ServeOptions(**values)
+    if args.detach and not (args.ray_address or os.environ.get("RAY_ADDRESS")):
+        # A cluster this process starts dies with it; detaching needs one that outlives the command.
+        raise ValueError(
+            "--detach needs a running Ray cluster (ray start --head) given by --ray-address or RAY_ADDRESS"
+        )
+    url = start_server(options, ray_address=args.ray_address)
+    print(f"serving {options.display_name} at {url}  (API docs: {url}/docs)", flush=True)
+    if args.detach:
+        return 0
+    try:
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        stop_server()
+    return 0

@@ -1,0 +1,286 @@
+"""The sampling service's contract: deployment options, and the HTTP request and response models.
+
+`ServeOptions` is everything a deployment is built from (checkpoint folders, limits, batching,
+replicas, GPUs); `maskgit serve` flags, the `args:` of `jobs/serve_config.yaml` and
+`serve run jobs.serve:app_builder key=value` all end up here, so unknown or mistyped keys fail in one
+place with a message that names them.
+
+The request models forbid unknown fields and check every knob whose range does not depend on the
+loaded model; the ingress (`jobs/serve_http.py`) checks the rest (class ids against the model's
+classes, `steps` and image counts against the limits, image sizes against the model's resolution).
+No request field names a server-side path: clients send numbers and base64 images only.
+
+Seeds: a request with seed s (drawn by the server when absent, and returned) samples its i-th image
+with seed s + i, so the same request gives the same images whether or not the server batched it
+with others (`transformer.sample` draws each image's noise from its own seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_SEED = 2**62  # seeds are in [0, MAX_SEED); s + i stays far below torch's 2**64 limit
+OutputKind = Literal["png", "tokens"]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How to build and run the service; defaults suit one CPU replica on a laptop.
+
+    Attributes:
+        transformer: our transformer checkpoint folder (or a reference `.pth`).
+        tokenizer: our VQGAN folder (or a taming checkpoint).
+        model_name: name shown by `GET /v1/models` (default: the transformer folder's name; never a path).
+        app_name: Serve application name.
+        host: HTTP bind address of the Serve proxy (127.0.0.1 keeps it local).
+        port: HTTP port of the Serve proxy.
+        route_prefix: URL prefix of the application.
+        replicas: sampler replicas (each loads both models); ignored when `max_replicas` is set.
+        min_replicas: autoscaling lower bound (used with `max_replicas`).
+        max_replicas: enables autoscaling between `min_replicas` and this many replicas, targeting
+            `max_batch_images` ongoing requests per replica (a full batch each).
+        num_gpus: GPUs per sampler replica (fractions share a GPU); 0 runs on CPU.
+        num_cpus: CPUs per sampler replica (Ray sets the replica's torch threads to this).
+        device: "auto" (CUDA when the replica sees a GPU), "cpu" or "cuda".
+        autocast_bf16: run the transformer and decoder under bfloat16 autocast.
+        max_batch_images: most images in one sampler call; requests are merged up to this.
+        batch_wait_timeout_s: how long a partly filled batch waits for more requests.
+        ingress_max_ongoing_requests: concurrent HTTP requests one ingress replica accepts.
+        max_images_per_request: limit on `class_ids` / `count` (<= `max_batch_images`).
+        max_steps: limit on `steps`.
+        max_payload_bytes: limit on a request body (413 above it).
+        max_image_side: limit on an uploaded image's sides, checked before decoding it.
+    """
+
+    transformer: str
+    tokenizer: str
+    model_name: str | None = None
+    app_name: str = "maskgit"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    replicas: int = 1
+    min_replicas: int = 1
+    max_replicas: int | None = None
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    device: str = "auto"
+    autocast_bf16: bool = False
+    max_batch_images: int = 32
+    batch_wait_timeout_s: float = 0.01
+    ingress_max_ongoing_requests: int = 256
+    max_images_per_request: int = 16
+    max_steps: int = 64
+    max_payload_bytes: int = 8 * 2**20
+    max_image_side: int = 2048
+
+    def __post_init__(self) -> None:
+        for name in ("transformer", "tokenizer"):
+            if not str(getattr(self, name)):
+                raise ValueError(f"ServeOptions.{name} (a checkpoint folder) is required")
+        positive = (
+            "port",
+            "replicas",
+            "min_replicas",
+            "max_batch_images",
+            "ingress_max_ongoing_requests",
+            "max_images_per_request",
+            "max_steps",
+            "max_payload_bytes",
+            "max_image_side",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServeOptions.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"ServeOptions.max_replicas ({self.max_replicas}) must be >= "
+                f"min_replicas ({self.min_replicas})"
+            )
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ValueError(f"num_gpus and num_cpus must be >= 0, got {self.num_gpus}, {self.num_cpus}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"ServeOptions.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.batch_wait_timeout_s < 0:
+            raise ValueError(f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
+        if self.max_images_per_request > self.max_batch_images:
+            # Serve rejects a single item larger than the batch (RuntimeError inside the replica).
+            raise ValueError(
+                f"max_images_per_request ({self.max_images_per_request}) must be <= max_batch_images "
+                f"({self.max_batch_images}): one request must fit in one sampler batch"
+            )
+        if not self.route_prefix.startswith("/"):
+            raise ValueError(f"route_prefix must start with '/', got {self.route_prefix!r}")
+
+    @property
+    def display_name(self) -> str:
+        """The public model name: `model_name`, else the transformer folder's last component."""
+        return self.model_name or Path(str(self.transformer).rstrip("/")).name or "maskgit"
+
+    @property
+    def sampler_max_ongoing_requests(self) -> int:
+        """Requests a sampler replica accepts at once: a running batch plus a full one filling behind it.
+
+        Serve's default (5) would silently cap `max_batch_images` (ray#43288): a batch can only hold
+        requests the replica has accepted.
+        """
+        return 2 * self.max_batch_images
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ServeOptions:
+        """Build from a dict (YAML `args`, `serve run` key=value strings), converting strings to the
+        field types and naming unknown keys."""
+        hints = typing.get_type_hints(cls)
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown serve option(s) {unknown}; known options: {sorted(known)}")
+        return cls(**{key: _coerce(key, value, hints[key]) for key, value in values.items()})
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Convert a (possibly string) option value to the field's type, or raise a ValueError naming it."""
+    allowed = [t for t in typing.get_args(hint)] if isinstance(hint, types.UnionType) else [hint]
+    if value is None and type(None) in allowed:
+        return None
+    target = next(t for t in allowed if t is not type(None))
+    if isinstance(value, str) and target is not str:
+        if type(None) in allowed and value.lower() in ("", "none", "null"):
+            return None
+        if target is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        else:
+            try:
+                return target(value)
+            except ValueError:
+                pass
+        raise ValueError(f"serve option {name}={value!r} is not a valid {target.__name__}")
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, target) or (target is int and isinstance(value, bool)):
+        raise ValueError(f"serve option {name} must be a {target.__name__}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTTP request and response models
+
+
+class SamplingFields(BaseModel):
+    """Knobs shared by every sampling request; absent knobs take the model's stored defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    steps: int | None = Field(None, ge=1, description="decoding steps T (<= the server's max_steps)")
+    schedule: str | None = Field(None, description="masking schedule, e.g. arccos, cosine, jax-cosine")
+    temperature: float | None = Field(None, gt=0, le=100, allow_inf_nan=False, description="logits / t")
+    gumbel_temperature: float | None = Field(
+        None, ge=0, le=100, allow_inf_nan=False, description="Gumbel noise scale at the first step"
+    )
+    cfg_weight: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, description="CFG weight")
+    cfg_schedule: Literal["linear", "constant"] | None = Field(None, description="guidance weight ramp")
+    seed: int | None = Field(
+        None, ge=0, lt=MAX_SEED, description="image i uses seed + i; drawn and returned when absent"
+    )
+    output: OutputKind = Field("png", description="'png' (base64 PNG images) or 'tokens' (code grids)")
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, schedule: str | None) -> str | None:
+        from transformer.masking import check_schedule  # torch: imported only when a request is checked
+
+        return None if schedule is None else check_schedule(schedule)
+
+
+class GenerateRequest(SamplingFields):
+    """`POST /v1/generate`: class-conditional images, given as `class_ids` or as `class_id` + `count`."""
+
+    class_ids: list[int] | None = Field(None, min_length=1, description="one class per image")
+    class_id: int | None = Field(None, description="the class of every image (with count)")
+    count: int | None = Field(None, ge=1, description="images of class_id (default 1)")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_classes(self) -> GenerateRequest:
+        if (self.class_ids is None) == (self.class_id is None):
+            raise ValueError("give either class_ids (a list) or class_id (with an optional count), not both")
+        if self.class_ids is not None and self.count is not None:
+            raise ValueError("count goes with class_id; with class_ids the list length is the count")
+        return self
+
+    def requested_class_ids(self) -> list[int]:
+        """The class of each requested image, in order."""
+        if self.class_ids is not None:
+            return list(self.class_ids)
+        return [int(self.class_id)] * (self.count or 1)
+
+
+class PixelBox(BaseModel):
+    """A box in image pixels (end-exclusive: rows top … top + height − 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    top: int = Field(ge=0)
+    left: int = Field(ge=0)
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+
+
+class InpaintRequest(SamplingFields):
+    """`POST /v1/inpaint`: regenerate a box or a mask of an image for a class, blended at the border."""
+
+    image: str = Field(description="base64 of an encoded image (PNG, JPEG, WebP …) at the model's size")
+    box: PixelBox | None = Field(None, description="pixel box to regenerate")
+    margin: int = Field(
+        1, ge=0, le=64, description="tokens added around the box (JAX demo and `maskgit sample`: 1)"
+    )
+    mask: str | None = Field(None, description="base64 image of the same size; light pixels are regenerated")
+    class_id: int = Field(description="class to condition the regenerated region on")
+    count: int = Field(1, ge=1, description="variations to return (seeds seed … seed + count − 1)")
+
+    @model_validator(mode="after")
+    def _one_region(self) -> InpaintRequest:
+        if (self.box is None) == (self.mask is None):
+            raise ValueError("give either box or mask (the region to regenerate), not both")
+        if self.mask is not None and "margin" in self.model_fields_set:
+            raise ValueError("margin applies to a box; a mask is used as given")
+        return self
+
+
+class SampledImage(BaseModel):
+    """One image of a response, in request order."""
+
+    index: int
+    class_id: int
+    seed: int
+    png: str | None = Field(None, description="base64 PNG (output='png')")
+    tokens: list[list[int]] | None = Field(None, description="h×w code grid (output='tokens')")
+
+
+class SampleResponse(BaseModel):
+    """Answer to generate and inpaint requests."""
+
+    model: str
+    seed: int = Field(description="the request's base seed (image i used seed + i)")
+    sampling: dict[str, Any] = Field(description="the knobs used, defaults filled in")
+    images: list[SampledImage]
+    batch_images: int = Field(description="images in the sampler call that produced this response")
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx answer."""
+
+    error: str = Field(description="what is wrong, in one line")
+    details: list[str] = Field(default_factory=list, description="one line per problem")
