@@ -303,6 +303,9 @@ def train_tokenizer(
         batch_sampler=EpochBatches(len(dataset), config.batch_size, config.seed, start_step=step),
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
+        # Its own generator: creating the iterator would otherwise draw from the global RNG, which a
+        # resumed run has just restored, and shift every later random choice (dead-code restarts).
+        generator=torch.Generator().manual_seed(config.seed * 1_000_003 + step),
     )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     window_counts = torch.zeros(config.vqgan.codebook_size, dtype=torch.long)
