@@ -132,5 +132,6 @@ class ImageFolderDataset(Dataset):
             pixels = center_crop_resize(pixels, self.image_size)
         if self.horizontal_flip and bool(torch.rand(()) < 0.5):
             pixels = pixels[:, ::-1]
-        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()  # (3, S, S)
+        # A copy: decoded/cropped arrays can be read-only views, which torch.from_numpy warns about.
+        image = torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1).float()  # (3, S, S)
         return image.div_(127.5).sub_(1.0), label
