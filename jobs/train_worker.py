@@ -7,9 +7,9 @@ EMA, loader position, step) and trains with the objective of `transformer.object
 streaming loader of `pipeline.dataset`.
 
 Determinism: the loader's order depends only on (seed, epoch, global batch); the masks, label drops
-and dropout of micro-batch m at optimizer step s on rank r are seeded from (seed, s, r, m). A run
-killed and resumed on the same world size therefore repeats the uninterrupted run's batches and
-masks; on another world size it sees the same samples per step.
+and dropout of a micro-batch are seeded from (seed, step, its index in the global batch). A run killed
+and resumed repeats the uninterrupted run's batches and masks, also on another number of workers as
+long as the micro-batch size is unchanged (the gradient accumulation absorbs the difference).
 """
 
 from __future__ import annotations
@@ -65,11 +65,13 @@ def model_config_for(config: TrainJobConfig):
     return dataclasses.replace(PRESETS[config.preset], **config.model_overrides)
 
 
-def _seeded(
-    config: TrainJobConfig, step: int, rank: int, micro: int, device: torch.device
-) -> torch.Generator:
-    """Seed dropout and return the generator for masks/label drops of one micro-batch."""
-    key = f"{config.seed}/{step}/{rank}/{micro}".encode()
+def _seeded(config: TrainJobConfig, step: int, chunk: int, device: torch.device) -> torch.Generator:
+    """Seed dropout and return the generator for the masks and label drops of one micro-batch.
+
+    `chunk` is the micro-batch's index within the global batch (rank · accumulation + micro), so the
+    same samples get the same masks whatever the split between workers and accumulation steps.
+    """
+    key = f"{config.seed}/{step}/{chunk}".encode()
     seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
     torch.manual_seed(seed)  # dropout
     return torch.Generator(device=device).manual_seed(seed)
@@ -173,7 +175,7 @@ def train_loop(config_dict: dict) -> None:
                 engine,
                 micro_tokens,
                 micro_labels,
-                generator=_seeded(config, step, rank, micro, device),
+                generator=_seeded(config, step, rank * config.grad_accum_steps + micro, device),
                 schedule=config.schedule,
                 mask_mode=config.mask_mode,
                 loss_on=config.loss_on,

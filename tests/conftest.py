@@ -159,3 +159,50 @@ def ray_head(s3_server):
     cluster = RayHeadCluster(env=s3_server.env).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def fashion_vqgan(tmp_path_factory):
+    """A tiny-f4 VQGAN (32 px images -> 8x8 codes) in our folder format."""
+    from tokenizer import VQGAN, preset, save_vqgan
+
+    torch.manual_seed(0)
+    return save_vqgan(VQGAN(preset("tiny-f4")), tmp_path_factory.mktemp("vqgan") / "tiny-f4")
+
+
+@pytest.fixture(scope="session")
+def fashion_token_store(tmp_path_factory, fashion_mnist, fashion_vqgan):
+    """A token store written by the Ray tokenization job from a 640-image Fashion-MNIST folder tree.
+
+    Returns a dict: url, vqgan (folder), codebook_size, grid_size, num_classes.
+    """
+    from jobs.tokenize import TokenizeOptions, run_tokenize
+    from pipeline.example_data import balanced_subset, to_rgb, write_image_folder
+    from tokenizer import load_vqgan
+
+    images, labels = fashion_mnist
+    index = balanced_subset(labels, per_class=64, seed=1)
+    root = tmp_path_factory.mktemp("fashion-store")
+    folder = write_image_folder(to_rgb(images[index], size=32), labels[index], root / "images")
+    url = str(root / "store")
+    run_tokenize(
+        TokenizeOptions(
+            input=str(folder),
+            output=url,
+            tokenizer=str(fashion_vqgan),
+            resolution=32,
+            flip=True,
+            shard_size=80,
+            batch_size=80,
+            num_cpus=2,
+            progress=False,
+        )
+    )
+    config = load_vqgan(fashion_vqgan).config
+    return {
+        "url": url,
+        "vqgan": str(fashion_vqgan),
+        "codebook_size": config.codebook_size,
+        "grid_size": config.resolution // config.downsample_factor,
+        "num_classes": 10,
+    }
