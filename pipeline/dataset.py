@@ -31,6 +31,7 @@ is opened lazily in each process, see `pipeline.shard_cache`).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import multiprocessing
 import os
 import tempfile
@@ -48,6 +49,7 @@ from pipeline.shard_cache import DiskCache, RetryPolicy, ShardPrefetcher, ShardS
 from pipeline.store import StoreFormatError, StoreManifest, TokenShard, open_token_store
 
 STATE_VERSION = 1
+CODEC_MODULES = {"arrow": "pyarrow.ipc", "zarr": "zarr"}  # what decoding a shard of each format imports
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,9 @@ class TokenDataset(IterableDataset):
                 f"{self.global_batch_size} (batch_size {batch_size} x world_size {world_size}) with drop_last"
             )
         self._epoch, self._position = 0, 0
+        # Import the shard codec's library now, so forked DataLoader workers share it instead of
+        # each importing it on its first shard (about a second per worker on a small machine).
+        importlib.import_module(CODEC_MODULES[self.manifest.store_format])
 
     def __repr__(self) -> str:  # no storage options: they may hold credentials
         return (
@@ -339,7 +344,8 @@ class StatefulLoader:
                 # Workers then fork from a server that has imported torch once (about 1 s per worker
                 # start instead of 4-5 s on a small machine); the server holds no client or thread.
                 context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload(["__main__", "pipeline.dataset"])
+                codec = CODEC_MODULES[dataset.manifest.store_format]
+                context.set_forkserver_preload(["__main__", "pipeline.dataset", codec])
             self._loader_kwargs.update(multiprocessing_context=context, prefetch_factor=prefetch_factor)
         self.epoch, self.position = 0, 0
 

@@ -194,6 +194,14 @@ def test_forkserver_workers_read_the_same_sequence(stores):
     assert epoch_sequence(loader) == reference(stores["zarr"], 1)
 
 
+def test_fork_workers_after_the_parent_decoded_zarr(stores):
+    # zarr v3 runs an event-loop thread once it has decoded a chunk; forked workers must not
+    # inherit it half-alive (zarrs-python#171, iohub#416).
+    (loader,) = make_ranks(stores["zarr"], 1, num_workers=2, context="fork")
+    in_parent = list(loader.dataset.iter_epoch(0))
+    assert epoch_sequence(loader) == [int(i) for b in in_parent for i in b.sample_ids]
+
+
 def test_padding_repeats_the_epochs_first_samples(stores):
     data = TokenDataset(stores["arrow"], batch_size=36, order=OrderConfig(seed=1, drop_last=False))
     loader = make_loader(data)
