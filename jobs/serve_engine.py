@@ -189,20 +189,23 @@ class SamplerEngine:
             groups.setdefault(job.batch_key, []).append(index)
         results: list[JobOutput | JobFailure | None] = [None] * len(jobs)
         for indices in groups.values():
-            group = [jobs[i] for i in indices]
-            try:
-                outputs = self._run_group(group)
-            except ValueError as error:  # library input checks: the request's fault
-                logger.warning("sampling rejected a batch of %d jobs: %s", len(group), error)
-                outputs = [JobFailure(str(error), client_error=True)] * len(group)
-            except Exception:  # a bug or a device failure; details stay in the server log
-                logger.exception("sampling failed for a batch of %d jobs", len(group))
-                outputs = [JobFailure("the sampler failed; see the server log", client_error=False)] * len(
-                    group
-                )
+            outputs = self._run_isolated([jobs[i] for i in indices])
             for index, output in zip(indices, outputs):
                 results[index] = output
         return results  # type: ignore[return-value]
+
+    def _run_isolated(self, group: list[SampleJob]) -> list[JobOutput | JobFailure]:
+        """`_run_group`, and when a merged call fails, each job alone, so one bad request fails alone."""
+        try:
+            return self._run_group(group)
+        except Exception as error:
+            if len(group) > 1:
+                return [output for job in group for output in self._run_isolated([job])]
+            if isinstance(error, ValueError):  # a library input check: the request's fault
+                logger.warning("sampling rejected a job: %s", error)
+                return [JobFailure(str(error), client_error=True)]
+            logger.exception("sampling failed for a job")  # a bug or a device failure: details stay here
+            return [JobFailure("the sampler failed; see the server log", client_error=False)]
 
     @torch.no_grad()
     def _run_group(self, group: list[SampleJob]) -> list[JobOutput]:
