@@ -159,7 +159,8 @@ def make_epochs(name: str, spec: dict):
     b, workers, cache = spec["batch_size"], spec["workers"], spec["cache_dir"]
     endpoint = os.environ["AWS_ENDPOINT_URL"]
     if name.startswith("ours"):
-        from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset, make_loader
+        from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset
+        from pipeline.stateful_loader import make_loader
 
         options = {
             "key": os.environ["AWS_ACCESS_KEY_ID"],
@@ -260,7 +261,7 @@ def import_loader(name: str) -> None:
     import torch  # noqa: F401
 
     if name.startswith("ours"):
-        import pipeline.dataset  # noqa: F401
+        import pipeline.stateful_loader  # noqa: F401
     elif name == "mosaic":
         _shim_torchvision()
         import streaming  # noqa: F401

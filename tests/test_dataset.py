@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from test_dataset_support import duplicates, epoch_sequence, write_token_store
 
-from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset, make_loader
+from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset
 from pipeline.sample_order import EpochOrder
 from pipeline.shard_cache import RetryPolicy
+from pipeline.stateful_loader import make_loader
 from pipeline.store import ShardChecksumError, ShardMissingError, StoreFormatError, open_token_store
 
 NUM_SAMPLES = 480

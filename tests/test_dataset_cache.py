@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from test_dataset_support import epoch_sequence, write_token_store
 
-from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset, make_loader
+from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset
 from pipeline.shard_cache import DiskCache, RetryPolicy, ShardPrefetcher, ShardSource
+from pipeline.stateful_loader import make_loader
 from pipeline.store import ShardMissingError, open_token_store
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02)

@@ -17,9 +17,10 @@ import pytest
 import s3fs
 from test_dataset_support import epoch_sequence, write_token_store
 
-from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset, make_loader
+from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset
 from pipeline.sample_order import EpochOrder
 from pipeline.shard_cache import DiskCache, RetryPolicy
+from pipeline.stateful_loader import make_loader
 from pipeline.store import ShardChecksumError, ShardMissingError, StoreFormatError, open_token_store
 
 pytestmark = pytest.mark.s3
