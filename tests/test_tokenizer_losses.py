@@ -213,7 +213,7 @@ def test_generator_loss_with_the_adaptive_gan_weight(real_images):
     d = loss.discriminator_loss(real_images, out.reconstruction, step=10)
     real_logits = loss.discriminator(real_images)
     torch.testing.assert_close(d.logits_real, real_logits.mean().detach(), rtol=1e-4, atol=1e-6)
-    assert float(d.total) > 0
+    assert float(d.total.detach()) > 0
 
 
 # --- codebook usage and dead-code restart --------------------------------------------------------------

@@ -179,3 +179,20 @@ def test_train_tokenizer_cli_missing_data(tmp_path, capsys):
     ]
     assert cli_main(args) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_bf16_autocast_training_keeps_fp32_weights(tmp_path, train_set):
+    config = TokenizerTrainingConfig(
+        vqgan=preset("tiny-f4"),
+        steps=3,
+        batch_size=8,
+        lr=1e-3,
+        disc_start=1,
+        perceptual="none",
+        precision="bf16",
+    )
+    summary = train_tokenizer(config, train_set, tmp_path, progress=False)
+    steps = [r for r in read_log(summary.log_path) if "event" not in r]
+    assert all(np.isfinite(r["total"]) and np.isfinite(r["disc_loss"]) for r in steps[-1:])
+    model = load_vqgan(summary.model_dir)
+    assert all(p.dtype == torch.float32 for p in model.parameters())

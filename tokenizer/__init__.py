@@ -4,6 +4,11 @@ Public API:
     VQGANConfig, PRESETS, preset          -- tokenizer.config
     VQGAN, VQGANOutput                    -- tokenizer.vqgan
     save_vqgan, load_vqgan, weights_digest -- tokenizer.checkpoint
+
+Also (import from their modules): `tokenizer.convert` (taming `last.ckpt` + `model.yaml` -> ours),
+`tokenizer.train` (TokenizerTrainingConfig, train_tokenizer -> TrainingSummary), `tokenizer.quality`
+(measure_reconstruction, save_reconstruction_grid), and the training pieces `losses`, `discriminator`,
+`perceptual`, `codebook`.
 """
 
 from tokenizer.checkpoint import load_vqgan, save_vqgan, weights_digest
