@@ -7,8 +7,11 @@ Two deployments, thin adapters over `jobs/serve_engine.py` and `jobs/serve_http.
   merged into one sampler call up to `max_batch_images` images, and the engine splits a batch into
   one `sample()` call per group of equal knobs. `max_ongoing_requests` is 2 × `max_batch_images`,
   so the replica accepts enough requests to fill a batch while the previous one runs (Serve's
-  default of 5 would silently cap the batch, ray#43288). Sampling runs in a worker thread so the
-  replica keeps queueing requests meanwhile.
+  default of 5 would silently cap the batch, ray#43288). Sampling runs on the replica's user event
+  loop, not in a thread: Serve forms the next batch as soon as one is handed to the batch function,
+  so a sampler in a thread would leave a stream of 1-3-image batches queued behind it (measured
+  mean batch 2.9 of 16 at concurrency 16); blocking the loop lets the requests that arrive meanwhile
+  all join the next batch.
 * `MaskGITIngress` serves the FastAPI app (`/v1/generate`, `/v1/inpaint`, `/v1/health`,
   `/v1/models`, `/docs`), validates requests and forwards `SampleJob`s to the sampler.
 
@@ -29,7 +32,6 @@ Entry points:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 import os
@@ -80,7 +82,11 @@ def _deployments():
         # Sizes are replaced from the options in __init__; these are Serve's decorator defaults.
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=count_images)
         async def _sample_batch(self, jobs: list[SampleJob]) -> list[JobOutput | JobFailure]:
-            return await asyncio.to_thread(self.engine.run, jobs)
+            # Deliberately blocking: Serve forms the next batch as soon as this one is handed over
+            # (batching.py `_process_batches`), so running the sampler in a thread would let a stream of
+            # small batches form behind it. Blocking the replica's user event loop instead leaves new
+            # requests waiting, and they all join the next batch. Health pings wait at most one batch.
+            return self.engine.run(jobs)
 
     class _HandleSampler:
         """`serve_http.Sampler` over a deployment handle."""

@@ -95,26 +95,32 @@ class PayloadLimitMiddleware:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._too_large(length.decode())(scope, receive, send)
-        received, started = 0, False
+        received, exceeded, replaced = 0, False, False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    exceeded = True
                     raise self._TooLarge
             return message
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def guarded_send(message):
+            # FastAPI turns an error while reading the body into its own 400; answer 413 instead.
+            nonlocal replaced
+            if not exceeded:
+                return await send(message)
+            if message["type"] == "http.response.start" and not replaced:
+                replaced = True
+                await self._too_large(f"more than {self.max_bytes}")(scope, receive, send)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except self._TooLarge:
-            if not started:
+            if not replaced:
+                replaced = True
                 await self._too_large(f"more than {self.max_bytes}")(scope, receive, send)
 
 
@@ -138,13 +144,15 @@ def _describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[int, list
             lines.append(f"malformed JSON: {reason}")
         elif kind == "extra_forbidden":
             lines.append(f"unknown field '{path}'")
+        elif kind in ("model_attributes_type", "dict_type") and path == "body":
+            lines.append("the body must be a JSON object (sent with Content-Type: application/json)")
         elif kind == "missing":
             lines.append(f"missing field '{path}'")
         else:
             message = message.removeprefix("Value error, ")
             shown = repr(error.get("input"))
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            lines.append(f"{path}: {message}" + ("" if path == "body" else f" (got {shown})"))
+            lines.append(message if path == "body" else f"{path}: {message} (got {shown})")
     return status, lines
 
 

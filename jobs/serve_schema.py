@@ -214,8 +214,10 @@ class GenerateRequest(SamplingFields):
 
     @model_validator(mode="after")
     def _one_way_to_name_classes(self) -> GenerateRequest:
-        if (self.class_ids is None) == (self.class_id is None):
-            raise ValueError("give either class_ids (a list) or class_id (with an optional count), not both")
+        if self.class_ids is None and self.class_id is None:
+            raise ValueError("no classes: give class_ids (a list) or class_id (with an optional count)")
+        if self.class_ids is not None and self.class_id is not None:
+            raise ValueError("give either class_ids or class_id, not both")
         if self.class_ids is not None and self.count is not None:
             raise ValueError("count goes with class_id; with class_ids the list length is the count")
         return self
@@ -252,7 +254,9 @@ class InpaintRequest(SamplingFields):
 
     @model_validator(mode="after")
     def _one_region(self) -> InpaintRequest:
-        if (self.box is None) == (self.mask is None):
+        if self.box is None and self.mask is None:
+            raise ValueError("no region: give box (pixels) or mask (an image) to say what to regenerate")
+        if self.box is not None and self.mask is not None:
             raise ValueError("give either box or mask (the region to regenerate), not both")
         if self.mask is not None and "margin" in self.model_fields_set:
             raise ValueError("margin applies to a box; a mask is used as given")

@@ -291,7 +291,7 @@ def _bad_requests(server) -> list[tuple[str, str, object, int, str]]:
 
     return [
         ("malformed JSON", gen, b'{"class_id": 1,', 400, "malformed JSON"),
-        ("JSON list", gen, [1, 2], 422, "valid dictionary"),
+        ("JSON list", gen, [1, 2], 422, "must be a JSON object"),
         ("unknown field", gen, {"class_id": 1, "colour": "red"}, 422, "unknown field 'colour'"),
         ("class out of range", gen, {"class_ids": [0, 10]}, 422, "this model has 10 classes"),
         ("negative class", gen, {"class_id": -1}, 422, "out of range"),
@@ -300,7 +300,7 @@ def _bad_requests(server) -> list[tuple[str, str, object, int, str]]:
         ("zero temperature", gen, {"class_id": 1, "temperature": 0}, 422, "temperature"),
         ("unknown schedule", gen, {"class_id": 1, "schedule": "zigzag"}, 422, "unknown masking schedule"),
         ("too many images", gen, {"class_id": 1, "count": 100}, 422, "at most 8"),
-        ("no classes", gen, {"seed": 1}, 422, "give either class_ids"),
+        ("no classes", gen, {"seed": 1}, 422, "no classes: give class_ids"),
         ("string class", gen, {"class_id": "3"}, 422, "class_id"),
         ("float seed", gen, {"class_id": 3, "seed": 1.5}, 422, "seed"),
         ("bad output", gen, {"class_id": 3, "output": "jpeg"}, 422, "output"),
@@ -342,6 +342,17 @@ def test_bad_requests_get_clear_4xx_and_service_keeps_serving(server):
         # Nothing names a server-side path.
         assert str(server.models.root) not in reply.text
     assert not failures, "\n".join(failures)
+
+    def chunks():  # a body without Content-Length is cut off while it streams in
+        yield b'{"class_id": 1, "note": "'
+        for _ in range(40):
+            yield b"A" * 10_000
+        yield b'"}'
+
+    streamed = requests.post(
+        f"{server.url}/v1/generate", data=chunks(), headers={"content-type": "application/json"}, timeout=60
+    )
+    assert streamed.status_code == 413 and "at most 262144 bytes" in streamed.json()["error"]
     missing = requests.get(f"{server.url}/v1/nothing", timeout=30)
     assert missing.status_code == 404 and "/docs" in missing.json()["error"]
     assert requests.get(f"{server.url}/v1/generate", timeout=30).status_code == 405
