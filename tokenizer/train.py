@@ -309,7 +309,9 @@ def train_tokenizer(
     )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     window_counts = torch.zeros(config.vqgan.codebook_size, dtype=torch.long)
+    # Sums and counts per logged quantity over the current log window (GAN terms only exist once active).
     totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
     model.train()
     discriminator.train()
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train-tokenizer", unit="step")
@@ -350,10 +352,10 @@ def train_tokenizer(
                     _append_log(log_path, {"event": "restart", "step": step, "codes": restarted})
             for name, value in record.items():
                 totals[name] = totals.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + 1
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
-                count = config.log_every if step % config.log_every == 0 else step % config.log_every
-                means = {name: value / count for name, value in totals.items()}
+                means = {name: value / counts[name] for name, value in totals.items()}
                 usage = usage_from_counts(window_counts)
                 _append_log(
                     log_path,
@@ -367,6 +369,7 @@ def train_tokenizer(
                 )
                 bar.set_postfix(loss=f"{means['total']:.4f}", rec=f"{means['reconstruction']:.4f}")
                 totals.clear()
+                counts.clear()
                 window_counts.zero_()
             if step % config.checkpoint_every == 0:
                 checkpoint()
