@@ -206,7 +206,8 @@ class DiskCache:
     Args:
         directory: where the files live (created if needed).
         limit_bytes: evict least recently used files to stay at or below this many bytes; a shard
-            larger than the limit is simply not cached (0 disables caching).
+            larger than the limit is simply not cached. Writers in several threads or processes
+            may overshoot it briefly by the shards they are writing at that moment.
     """
 
     def __init__(self, directory: str | os.PathLike, limit_bytes: int):
