@@ -111,7 +111,10 @@ def to_model_input(images: np.ndarray):
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 torch tensor in [-1, 1] (the reference's 2x - 1)."""
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    array = np.ascontiguousarray(images)
+    if not array.flags.writeable:  # e.g. a crop of a PIL buffer; torch.from_numpy warns on read-only memory
+        array = array.copy()
+    tensor = torch.from_numpy(array).permute(0, 3, 1, 2).float()
     return tensor.div_(127.5).sub_(1.0)
 
 
