@@ -94,7 +94,8 @@ def train_loop(config_dict: dict) -> None:
     import torch.distributed as dist
 
     from jobs.train_outputs import RunOutputs, write_sample_grid
-    from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset, make_loader
+    from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset
+    from pipeline.stateful_loader import make_loader
     from transformer.model import MaskTransformer
     from transformer.objective import masked_token_loss
 
