@@ -85,7 +85,9 @@ def _deployments():
             # Deliberately blocking: Serve forms the next batch as soon as this one is handed over
             # (batching.py `_process_batches`), so running the sampler in a thread would let a stream of
             # small batches form behind it. Blocking the replica's user event loop instead leaves new
-            # requests waiting, and they all join the next batch. Health pings wait at most one batch.
+            # requests waiting, and they all join the next batch. Serve runs user code on its own loop
+            # thread (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1, the default), so the replica's
+            # health checks are unaffected; our `ping` waits at most one batch.
             return self.engine.run(jobs)
 
     class _HandleSampler:
@@ -150,6 +152,29 @@ def server_url(options: ServeOptions) -> str:
     return f"http://{options.host}:{options.port}{options.route_prefix.rstrip('/')}"
 
 
+def check_checkpoints(options: ServeOptions) -> None:
+    """Fail before starting anything when the checkpoints are missing or do not belong together.
+
+    Raises:
+        FileNotFoundError: a checkpoint path that does not exist.
+        ValueError: our folders whose codebook sizes differ (reference files are checked at load).
+    """
+    for name in ("transformer", "tokenizer"):
+        if not os.path.exists(getattr(options, name)):
+            raise FileNotFoundError(f"--{name} {getattr(options, name)} does not exist")
+    if os.path.isdir(options.transformer) and os.path.isdir(options.tokenizer):
+        from tokenizer.checkpoint import read_vqgan_config
+        from transformer.checkpoint import read_transformer_config
+
+        codes = read_transformer_config(options.transformer).codebook_size
+        vq_codes = read_vqgan_config(options.tokenizer).codebook_size
+        if codes != vq_codes:
+            raise ValueError(
+                f"the transformer expects {codes} codes but the tokenizer has {vq_codes}: "
+                "they were not trained together"
+            )
+
+
 def start_server(options: ServeOptions, *, ray_address: str | None = None) -> str:
     """Start Ray (if needed), Serve's HTTP proxy and the application; return its base URL.
 
@@ -165,10 +190,7 @@ def start_server(options: ServeOptions, *, ray_address: str | None = None) -> st
     import ray
     from ray import serve
 
-    for name in ("transformer", "tokenizer"):
-        path = getattr(options, name)
-        if "://" not in path and not os.path.exists(path):
-            raise FileNotFoundError(f"--{name} {path} does not exist")
+    check_checkpoints(options)
     if not ray.is_initialized():
         ray.init(address=ray_address, include_dashboard=False, logging_level=logging.WARNING)
     serve.start(http_options={"host": options.host, "port": options.port})

@@ -140,6 +140,15 @@ def test_engine_inpaint_keeps_known_tokens_and_far_pixels(engine, tiny_models):
         assert not np.array_equal(edited[8:24, 12:28], image[8:24, 12:28])
 
 
+def test_engine_bf16_autocast_gives_valid_images(tiny_models):
+    engine = SamplerEngine(tiny_models.transformer, tiny_models.tokenizer, device="cpu", autocast_bf16=True)
+    output = engine.run([_generate([0, 9], [1, 2])])[0]
+    assert engine.info()["autocast_bf16"] is True
+    for png in output.pngs:
+        with Image.open(io.BytesIO(png)) as image:
+            assert (image.size, image.mode) == ((32, 32), "RGB")
+
+
 def test_engine_bad_job_fails_alone(engine):
     good = _generate([1], [3], "tokens")
     bad = _generate([1, 12], [4, 5], "tokens")  # class 12 does not exist (the ingress checks first)

@@ -143,3 +143,20 @@ def test_cli_names_missing_checkpoints(tmp_path, capsys, monkeypatch):
     code = main(["serve", "--transformer", str(tmp_path), "--tokenizer", str(tmp_path), "--detach"])
     assert code == 2
     assert "--detach needs a running Ray cluster" in capsys.readouterr().err
+
+
+def test_cli_refuses_checkpoints_that_do_not_belong_together(tmp_path, capsys):
+    from jobs.cli import main
+    from tokenizer import VQGAN, preset, save_vqgan
+    from transformer import MaskTransformer, TransformerConfig, save_transformer
+
+    save_vqgan(VQGAN(preset("tiny-f4")), tmp_path / "tokenizer")  # 256 codes
+    config = TransformerConfig(
+        codebook_size=128, grid_size=8, num_classes=10, hidden_size=32, depth=1, num_heads=2
+    )
+    save_transformer(MaskTransformer(config), tmp_path / "transformer")
+    code = main(
+        ["serve", "--transformer", str(tmp_path / "transformer"), "--tokenizer", str(tmp_path / "tokenizer")]
+    )
+    assert code == 2
+    assert "expects 128 codes but the tokenizer has 256" in capsys.readouterr().err
