@@ -109,8 +109,11 @@ def test_tar_and_parquet_sources(kind, where, tmp_path, s3_server, fashion_mnist
     got_images, got_labels, ids, rejects = prepare_all(plan, storage_options=options)
     np.testing.assert_array_equal(got_images, images)
     np.testing.assert_array_equal(got_labels, labels)
-    assert ids[:2] == (["shard-000000.tar/000000", "shard-000000.tar/000001"] if kind == "webdataset"
-                       else ["000000", "000001"])  # fmt: skip
+    assert ids[:2] == (
+        ["shard-000000.tar/000000", "shard-000000.tar/000001"]
+        if kind == "webdataset"
+        else ["000000", "000001"]
+    )
     assert not rejects
 
 
@@ -162,3 +165,42 @@ def test_truncated_tar_keeps_what_it_read_and_rejects_the_rest(tmp_path, fashion
         assert 0 < len(shard.labels) < 10
         np.testing.assert_array_equal(shard.images, images[: len(shard.labels)])
         assert [r["reason"] for r in shard.rejects] == ["corrupt_tar"]
+
+
+@pytest.mark.parametrize("kind", ["webdataset", "parquet"])
+def test_bad_bytes_inside_tars_and_parquet_are_rejected_per_sample(kind, tmp_path, fashion_mnist_small):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    from pipeline.images import encode_png
+
+    images, labels = fashion_mnist_small
+    bad = bad_image_bytes(images[0])
+    samples = [(f"good-{i}", encode_png(images[i]), int(labels[i])) for i in range(5)]
+    samples += [(f"bad-{kind_}", data, 1) for kind_, data in bad.items()]
+    samples.sort()
+    path = tmp_path / ("data.tar" if kind == "webdataset" else "data.parquet")
+    if kind == "webdataset":
+        with open(path, "wb") as handle, wds.TarWriter(handle) as tar:
+            for key, data, label in samples:
+                tar.write({"__key__": key, "png": data, "cls": str(label)})
+            tar.write({"__key__": "zz-no-label", "png": encode_png(images[1])})
+    else:
+        table = pa.table(
+            {
+                "image": [s[1] for s in samples],
+                "label": [s[2] for s in samples],
+                "image_id": [s[0] for s in samples],
+            }
+        )
+        pq.write_table(table, path)
+    shard = prepare_shard(plan_sources(str(path)).tasks[0], 32)
+    kept = {f"bad-{k}" for k, (_, keep) in BAD_IMAGE_KINDS.items() if keep} | {f"good-{i}" for i in range(5)}
+    assert {i.split("/")[-1] for i in shard.image_ids} == kept
+    reasons = {r["image_id"].split("/")[-1]: r["reason"] for r in shard.rejects}
+    expected = {f"bad-{k}" for k, (_, keep) in BAD_IMAGE_KINDS.items() if not keep}
+    assert set(reasons) == expected | ({"zz-no-label"} if kind == "webdataset" else set())
+    assert reasons["bad-text_file"] == "not_an_image" and reasons["bad-empty_file"] == "empty_file"
+    if kind == "webdataset":
+        assert reasons["zz-no-label"] == "no_label"
