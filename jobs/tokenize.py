@@ -265,9 +265,12 @@ def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
     so = options.storage_options
     class_map = load_class_map(options.class_map, so) if options.class_map else None
     plan = plan_sources(
-        options.input, input_format=options.input_format, shard_size=options.shard_size, class_map=class_map,
+        options.input,
+        input_format=options.input_format,
+        shard_size=options.shard_size,
+        class_map=class_map,
         storage_options=so,
-    )  # fmt: skip
+    )
     identity = tokenizer_identity(local_tokenizer_path(options.tokenizer, so))
     config = VQGANConfig.from_dict(identity["config"])
     grid = config.grid_shape(options.resolution, options.resolution)
@@ -294,8 +297,12 @@ def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
     pending = [task for task in plan.tasks if task.index not in commits]
     log.info(
         "tokenize %s -> %s: %d shards planned, %d already committed, %d to do",
-        plan.sources[0], options.output, len(plan.tasks), len(commits), len(pending),
-    )  # fmt: skip
+        plan.sources[0],
+        options.output,
+        len(plan.tasks),
+        len(commits),
+        len(pending),
+    )
     written = {}
     if pending:
         owns_ray = _start_ray(options)

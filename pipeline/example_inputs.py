@@ -110,8 +110,13 @@ def write_webdataset_shards(
         shard_url = _join(url, f"shard-{shard:06d}.tar")
         with fsspec.open(shard_url, "wb", **(storage_options or {})) as handle, wds.TarWriter(handle) as tar:
             for index in range(start, min(start + per_shard, len(images))):
-                tar.write({"__key__": f"{index:06d}", "png": encode_png(images[index]),
-                           "cls": str(int(labels[index]))})  # fmt: skip
+                tar.write(
+                    {
+                        "__key__": f"{index:06d}",
+                        "png": encode_png(images[index]),
+                        "cls": str(int(labels[index])),
+                    }
+                )
         urls.append(shard_url)
     return urls
 

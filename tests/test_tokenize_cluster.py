@@ -55,11 +55,20 @@ def ray_head(s3_server):
     }
     env.pop("RAY_ADDRESS", None)
     command = [
-        str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={gcs}", f"--temp-dir={temp_dir}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
-        f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={runtime_env}", "--disable-usage-stats",
-    ]  # fmt: skip
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--num-cpus=2",
+        f"--port={gcs}",
+        f"--temp-dir={temp_dir}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
+        "--disable-usage-stats",
+    ]
     starter = subprocess.Popen(
         command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -100,10 +109,27 @@ def test_ray_job_submit_tokenizes_s3_tars_into_an_s3_store(
     inputs, output = s3_server.url("cluster-job/tars"), s3_server.url("cluster-job/store")
     write_webdataset_shards(images, labels, inputs, per_shard=16, storage_options=s3_server.storage_options)
     submit = [
-        str(BIN / "ray"), "job", "submit", "--address", address, "--",
-        "maskgit", "tokenize", "--input", inputs, "--output", output, "--tokenizer", str(tokenizer),
-        "--resolution", "32", "--format", "zarr", "--flip", "--no-progress",
-    ]  # fmt: skip
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--",
+        "maskgit",
+        "tokenize",
+        "--input",
+        inputs,
+        "--output",
+        output,
+        "--tokenizer",
+        str(tokenizer),
+        "--resolution",
+        "32",
+        "--format",
+        "zarr",
+        "--flip",
+        "--no-progress",
+    ]
     client_env = {k: v for k, v in env.items() if not k.startswith("AWS_")}  # the client needs no secrets
     result = subprocess.run(submit, env=client_env, capture_output=True, text=True, timeout=400)
     text = result.stdout + result.stderr
