@@ -130,11 +130,11 @@ def class_names_of(mapping: dict[str, int]) -> tuple[str, ...]:
 
 
 def _expand(uri: str, fs: fsspec.AbstractFileSystem) -> list[str]:
-    """Brace- and glob-expand `uri` to sorted fsspec paths."""
-    import braceexpand
+    """Expand `uri` (`::`-separated list, brace patterns as webdataset does, globs) to fsspec paths."""
+    from webdataset.shardlists import expand_urls
 
     paths: list[str] = []
-    for one in braceexpand.braceexpand(uri):
+    for one in expand_urls(uri):
         stripped = fs._strip_protocol(one)
         paths.extend(sorted(fs.glob(stripped)) if any(c in stripped for c in "*?[") else [stripped])
     return paths
@@ -207,8 +207,8 @@ def plan_sources(
     """List the input at `uri` (sorted) and cut it into shard tasks.
 
     Args:
-        uri: a folder tree root, a folder of .tar / .parquet files, one file, a glob or a brace
-            pattern (`s3://b/train-{000000..000099}.tar`).
+        uri: a folder tree root, a folder of .tar / .parquet files, one file, a glob, a brace
+            pattern (`s3://b/train-{000000..000099}.tar`) or a `::`-separated list of these.
         input_format: "folder", "webdataset" or "parquet"; detected from `uri` when None.
         shard_size: images per output shard (folder) or rows per shard (parquet); a tar is one shard.
         class_map: {class name: index}; default sorted folder names (folder), or none.
