@@ -206,3 +206,42 @@ def test_corrupted_checkpoint_is_named(ray_local, fashion_token_store, tmp_path)
     (tmp_path / "run" / "checkpoints" / "latest.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"latest\.json"):
         store.latest_step()
+
+
+@pytest.mark.s3
+def test_ray_job_submit_trains_from_s3_to_s3_on_a_running_cluster(
+    ray_head, s3_server, fashion_token_store, tmp_path
+):
+    """`ray job submit -- maskgit train` against a real `ray start --head`; store, checkpoints and
+    export all on the S3 server, credentials only in the cluster's AWS environment."""
+    import fsspec
+
+    from transformer.checkpoint import load_transformer
+
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    store_url = s3_server.url("train-job", "store")
+    fs.put(fashion_token_store["url"] + "/", store_url[len("s3://") :], recursive=True)
+    run_url = s3_server.url("train-job", "run")
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_API_SERVER_ADDRESS": ray_head.dashboard_url}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(key, None)  # the submitting client needs no credentials; the cluster has them
+    command = [
+        ray_bin, "job", "submit", "--",
+        "maskgit", "train", "--store", store_url, "--out", run_url, "--preset", "tiny",
+        "--codebook-size", str(fashion_token_store["codebook_size"]),
+        "--grid-size", str(fashion_token_store["grid_size"]),
+        "--num-classes", str(fashion_token_store["num_classes"]),
+        "--depth", "2", "--workers", "2", "--global-batch-size", "32", "--micro-batch-size", "16",
+        "--steps", "6", "--checkpoint-every", "3", "--log-every", "2", "--sample-steps", "4",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert s3_server.secret_key not in result.stdout + result.stderr
+
+    assert fs.exists(f"{run_url}/checkpoints/latest.json"[len("s3://") :])
+    assert fs.exists(f"{run_url}/metrics.jsonl"[len("s3://") :])
+    local_export = tmp_path / "export"
+    fs.get(f"{run_url}/export/"[len("s3://") :], str(local_export) + "/", recursive=True)
+    model = load_transformer(local_export)
+    assert model.config.codebook_size == fashion_token_store["codebook_size"]
