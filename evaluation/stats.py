@@ -52,6 +52,17 @@ class FeatureStatistics:
     resolution: int | None = None
     source: str = ""
 
+    def describe(self) -> dict:
+        """What a report says about these statistics (no arrays)."""
+        return {
+            "count": self.count,
+            "evaluator": self.evaluator,
+            "minmax_stretch": self.minmax_stretch,
+            "resolution": self.resolution,
+            "source": self.source,
+            "kept_features": len(self.kept_features),
+        }
+
     def save(self, path_or_file) -> None:
         """Write an `.npz` (a path, or a binary file object such as an fsspec handle)."""
         metadata = {

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "jobs.transformer_cli",
     "jobs.sample",
     "jobs.serve",
+    "jobs.evaluate",
 )
 
 
