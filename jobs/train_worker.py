@@ -89,15 +89,12 @@ class _Timer:
 
 def train_loop(config_dict: dict) -> None:
     """Ray Train worker entry point (see module docstring)."""
-    import deepspeed
     import ray.train
     import torch.distributed as dist
 
     from jobs.train_outputs import RunOutputs, write_sample_grid
     from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset
     from pipeline.stateful_loader import make_loader
-    from transformer.model import MaskTransformer
-    from transformer.objective import masked_token_loss
 
     _quiet_worker_warnings()
     config = TrainJobConfig.from_dict(config_dict)
@@ -115,25 +112,7 @@ def train_loop(config_dict: dict) -> None:
     resume_meta = store.read_meta(resume_step) if resume_step is not None else None
     universal = resume_meta is not None and resume_meta.world_size != world
 
-    ds_config = build_deepspeed_config(
-        micro_batch_size=config.micro_batch_size,
-        grad_accum_steps=config.grad_accum_steps,
-        zero_stage=config.zero_stage,
-        precision=config.precision,
-        optimizer=config.optimizer,
-    )
-    if universal:
-        ds_config["checkpoint"] = {"load_universal": True}
-    torch.manual_seed(config.seed)  # identical initial weights on every rank
-    model = MaskTransformer(model_config)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=model.parameters(),
-        config=ds_config,
-        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_multiplier(s, config.optimizer, config.steps)
-        ),
-    )
+    engine = build_engine(config, model_config, load_universal=universal)
     ema = None
     if config.ema_decay is not None:
         from jobs.ema import WeightEMA
@@ -167,28 +146,18 @@ def train_loop(config_dict: dict) -> None:
     batches = iter(_endless(loader))
     while step < config.steps:
         batch = next(batches)
-        tokens = batch.tokens.to(device, non_blocking=True)
-        labels = batch.labels.to(device, non_blocking=True)
-        for micro, (micro_tokens, micro_labels) in enumerate(
-            zip(tokens.chunk(config.grad_accum_steps), labels.chunk(config.grad_accum_steps))
-        ):
-            result = masked_token_loss(
-                engine,
-                micro_tokens,
-                micro_labels,
-                generator=_seeded(config, step, rank * config.grad_accum_steps + micro, device),
-                schedule=config.schedule,
-                mask_mode=config.mask_mode,
-                loss_on=config.loss_on,
-                label_smoothing=config.label_smoothing,
-                label_drop=config.label_drop,
-                mask_token_id=model_config.mask_token_id,
-            )
-            engine.backward(result.loss)
-            engine.step()
-            window["loss"] += float(result.loss.detach())
-            window["masked_accuracy"] += float(torch.nan_to_num(result.masked_accuracy, 0.0))
-            window["count"] += 1
+        loss_sum, accuracy_sum, micro_batches = optimizer_step(
+            engine,
+            batch.tokens.to(device, non_blocking=True),
+            batch.labels.to(device, non_blocking=True),
+            config=config,
+            mask_token_id=model_config.mask_token_id,
+            step=step,
+            rank=rank,
+        )
+        window["loss"] += loss_sum
+        window["masked_accuracy"] += accuracy_sum
+        window["count"] += micro_batches
         step += 1
         if ema is not None:
             ema.update()
@@ -217,6 +186,77 @@ def train_loop(config_dict: dict) -> None:
     if outputs is not None:
         outputs.finish()
     shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def build_engine(config: TrainJobConfig, model_config, *, load_universal: bool = False):
+    """A DeepSpeed engine around a freshly initialised MaskTransformer (same weights on every rank)."""
+    import deepspeed
+
+    from transformer.model import MaskTransformer
+
+    ds_config = build_deepspeed_config(
+        micro_batch_size=config.micro_batch_size,
+        grad_accum_steps=config.grad_accum_steps,
+        zero_stage=config.zero_stage,
+        precision=config.precision,
+        optimizer=config.optimizer,
+    )
+    if load_universal:
+        ds_config["checkpoint"] = {"load_universal": True}
+    torch.manual_seed(config.seed)
+    model = MaskTransformer(model_config)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=model.parameters(),
+        config=ds_config,
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_multiplier(s, config.optimizer, config.steps)
+        ),
+    )
+    return engine
+
+
+def optimizer_step(
+    engine,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    config: TrainJobConfig,
+    mask_token_id: int,
+    step: int,
+    rank: int,
+) -> tuple[float, float, int]:
+    """One optimizer step on this rank's share of a global batch, micro-batch by micro-batch.
+
+    Args:
+        engine: the DeepSpeed engine (steps the optimizer at the accumulation boundary).
+        tokens: LongTensor[b, h, w], b = micro_batch_size · grad_accum_steps; labels LongTensor[b].
+
+    Returns:
+        (sum of micro-batch losses, sum of masked-token accuracies, number of micro-batches).
+    """
+    from transformer.objective import masked_token_loss
+
+    loss_sum, accuracy_sum = 0.0, 0.0
+    chunks = list(zip(tokens.chunk(config.grad_accum_steps), labels.chunk(config.grad_accum_steps)))
+    for micro, (micro_tokens, micro_labels) in enumerate(chunks):
+        result = masked_token_loss(
+            engine,
+            micro_tokens,
+            micro_labels,
+            generator=_seeded(config, step, rank * config.grad_accum_steps + micro, tokens.device),
+            schedule=config.schedule,
+            mask_mode=config.mask_mode,
+            loss_on=config.loss_on,
+            label_smoothing=config.label_smoothing,
+            label_drop=config.label_drop,
+            mask_token_id=mask_token_id,
+        )
+        engine.backward(result.loss)
+        engine.step()
+        loss_sum += float(result.loss.detach())
+        accuracy_sum += float(torch.nan_to_num(result.masked_accuracy, 0.0))
+    return loss_sum, accuracy_sum, len(chunks)
 
 
 def _endless(loader):
