@@ -12,11 +12,12 @@ import importlib
 import logging
 import sys
 
-COMMAND_MODULES = (
+COMMAND_MODULES = (  # in pipeline order, which is the order `maskgit --help` lists them
+    "jobs.quickstart",
     "jobs.tokenizer_cli",
+    "jobs.tokenize",
     "jobs.train",
     "jobs.export",
-    "jobs.tokenize",
     "jobs.transformer_cli",
     "jobs.sample",
     "jobs.serve",

@@ -1,0 +1,431 @@
+"""`maskgit quickstart`: the whole pipeline on real data, on one machine, with one command.
+
+Fashion-MNIST (Debian's dataset-fashion-mnist, 70k labelled images) goes through every stage the
+project offers at cluster scale, on a local Ray and local disk (or, with `--s3`, a local S3 server):
+
+    images folder -> VQGAN training -> Ray tokenization job -> token store
+      -> DeepSpeed ZeRO training (2 Ray Train workers) -> exported weights
+      -> sample grid -> evaluation (classifier accuracy, FID-EffLite0) -> sampling ablation
+      -> (--serve) Ray Serve endpoint answering one request
+
+Each stage prints what it did and where its outputs are, and records itself in `<out>/stages/`; a
+rerun reuses finished stages. Everything scales by flags (presets, steps, workers, GPUs), not code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class QuickstartOptions:
+    """Sizes of every stage; the defaults finish in about 20 minutes on 2 CPU cores."""
+
+    out: str = "quickstart_out"
+    s3: bool = False
+    serve: bool = False
+    image_size: int = 32
+    train_per_class: int = 1200
+    heldout_per_class: int = 100
+    classifier_epochs: int = 2
+    vqgan_preset: str = "tiny-f4"
+    vqgan_steps: int = 800
+    vqgan_batch_size: int = 32
+    vqgan_perceptual: str = "none"
+    transformer_preset: str = "small"
+    transformer_depth: int | None = 4
+    train_steps: int = 1200
+    global_batch_size: int = 64
+    workers: int = 2
+    zero_stage: int = 1
+    precision: str = "fp32"
+    lr: float = 5e-4
+    samples_per_class: int = 10
+    eval_per_class: int = 50
+    ablation_per_class: int = 20
+    seed: int = 0
+
+
+class Quickstart:
+    """Runs the stages in order, skipping those recorded as done in `<out>/stages/`."""
+
+    def __init__(self, options: QuickstartOptions):
+        self.options = options
+        self.out = Path(options.out).resolve()
+        (self.out / "stages").mkdir(parents=True, exist_ok=True)
+        self.s3 = None
+        self.remote = ""  # s3:// prefix for the store and the run directory in --s3 mode
+
+    # ------------------------------------------------------------------------------ plumbing
+    def stage(self, name: str, run: Callable[[], dict]) -> dict:
+        marker = self.out / "stages" / f"{name}.json"
+        if marker.is_file():
+            record = json.loads(marker.read_text())
+            print(f"[{name}] reusing the finished stage: {_describe(record)}")
+            return record
+        print(f"[{name}] running ...", flush=True)
+        start = time.perf_counter()
+        record = run()
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        marker.write_text(json.dumps(record, indent=1))
+        print(f"[{name}] done in {record['seconds']:.0f} s: {_describe(record)}", flush=True)
+        return record
+
+    def location(self, name: str) -> str:
+        """Where a shared artefact lives: the S3 bucket in --s3 mode, else the output folder."""
+        return f"{self.remote}/{name}" if self.remote else str(self.out / name)
+
+    def start_services(self) -> None:
+        import ray
+
+        if self.options.s3:
+            from jobs.s3server import LocalS3Server
+
+            self.s3 = LocalS3Server(data_dir=self.out / "s3-data", bucket="maskgit-quickstart").start()
+            # Credentials reach every process (Ray workers included) through the standard AWS environment.
+            os.environ.update(self.s3.env)
+            self.remote = self.s3.url("quickstart")
+            print(f"[s3] local S3 server at {self.s3.endpoint_url}, bucket {self.s3.bucket}")
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if not ray.is_initialized():
+            ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+
+    def stop_services(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        if self.s3 is not None:
+            self.s3.stop()
+
+    # ------------------------------------------------------------------------------ stages
+    def data(self) -> dict:
+        from pipeline.example_data import (
+            FASHION_MNIST_CLASSES,
+            balanced_subset,
+            load_fashion_mnist,
+            to_rgb,
+            write_image_folder,
+        )
+
+        o = self.options
+        images, labels = load_fashion_mnist("train")
+        index = balanced_subset(labels, o.train_per_class, seed=o.seed)
+        train = write_image_folder(
+            to_rgb(images[index], o.image_size), labels[index], self.out / "images" / "train"
+        )
+        test_images, test_labels = load_fashion_mnist("test")
+        held = balanced_subset(test_labels, o.heldout_per_class, seed=o.seed)
+        heldout = write_image_folder(
+            to_rgb(test_images[held], o.image_size), test_labels[held], self.out / "images" / "heldout"
+        )
+        if self.remote:
+            import fsspec
+
+            fsspec.filesystem("s3").put(f"{train}/", self.location("images/train") + "/", recursive=True)
+        return {
+            "train_images": len(index),
+            "heldout_images": len(held),
+            "classes": list(FASHION_MNIST_CLASSES),
+            "train_folder": self.location("images/train"),
+            "heldout_folder": str(heldout),
+        }
+
+    def classifier(self) -> dict:
+        from evaluation.classifier import classifier_accuracy, save_classifier, train_classifier
+        from pipeline.example_data import load_fashion_mnist, to_rgb
+
+        images, labels = load_fashion_mnist("train")
+        model = train_classifier(
+            to_rgb(images, self.options.image_size), labels, epochs=self.options.classifier_epochs, seed=0
+        )
+        test_images, test_labels = load_fashion_mnist("test")
+        accuracy = classifier_accuracy(model, to_rgb(test_images, self.options.image_size), test_labels)
+        path = save_classifier(model, self.out / "classifier")
+        return {"test_accuracy": round(accuracy, 4), "path": str(path)}
+
+    def tokenizer(self) -> dict:
+        from pipeline.image_dataset import ImageFolderDataset
+        from tokenizer.config import preset
+        from tokenizer.train import TokenizerTrainingConfig, train_tokenizer
+
+        o = self.options
+        config = TokenizerTrainingConfig(
+            vqgan=preset(o.vqgan_preset),
+            steps=o.vqgan_steps,
+            batch_size=o.vqgan_batch_size,
+            lr=2e-4,
+            perceptual=o.vqgan_perceptual,
+            dead_code_restart=100,
+            seed=o.seed,
+            log_every=100,
+            checkpoint_every=max(o.vqgan_steps // 2, 1),
+        )
+        dataset = ImageFolderDataset(self.out / "images" / "train", o.image_size, random_crop=False)
+        summary = train_tokenizer(config, dataset, self.out / "tokenizer", resume=True)
+        return {
+            "path": str(summary.model_dir),
+            "psnr": round(summary.final.psnr, 2),
+            "mse": round(summary.final.mse, 5),
+            "codebook_used": round(summary.final.codebook_fraction_used, 3),
+            "reconstructions_png": str(summary.grid_path),
+        }
+
+    def tokenize(self, vqgan: str, train_folder: str) -> dict:
+        from jobs.tokenize import TokenizeOptions, run_tokenize
+
+        o = self.options
+        summary = run_tokenize(
+            TokenizeOptions(
+                input=train_folder,
+                output=self.location("store"),
+                tokenizer=vqgan,
+                resolution=o.image_size,
+                flip=True,
+                shard_size=1000,
+                batch_size=250,
+                actors=1,
+            )
+        )
+        return {
+            "store": summary.output,
+            "images": summary.images,
+            "rejects": summary.rejects,
+            "shards": summary.shards,
+            "images_per_s": round(summary.images_per_s, 1),
+            "bytes": summary.bytes,
+        }
+
+    def train(self, store: str, vqgan: str) -> dict:
+        from jobs.deepspeed_config import OptimizerSettings
+        from jobs.train import run_training
+        from jobs.train_config import TrainJobConfig
+        from tokenizer import load_vqgan
+
+        o = self.options
+        vq = load_vqgan(vqgan).config
+        overrides = {
+            "codebook_size": vq.codebook_size,
+            "grid_size": o.image_size // vq.downsample_factor,
+            "num_classes": 10,
+        }
+        if o.transformer_depth is not None:
+            overrides["depth"] = o.transformer_depth
+        config = TrainJobConfig(
+            store=store,
+            out=self.location("run"),
+            preset=o.transformer_preset,
+            model_overrides=overrides,
+            num_workers=o.workers,
+            zero_stage=o.zero_stage,
+            precision=o.precision,
+            global_batch_size=o.global_batch_size,
+            micro_batch_size=o.global_batch_size // o.workers,
+            steps=o.train_steps,
+            optimizer=OptimizerSettings(lr=o.lr, warmup_steps=min(100, o.train_steps // 10)),
+            checkpoint_every=max(o.train_steps // 4, 1),
+            log_every=max(o.train_steps // 100, 1),
+            sample_every=max(o.train_steps // 4, 1),
+            tokenizer=vqgan,
+            sampling={"steps": 8},
+            seed=o.seed,
+            cpus_per_worker=1.0,
+        )
+        summary = run_training(config)
+        model_dir = summary.export_dir
+        if self.remote:  # the later stages read the weights locally
+            import fsspec
+
+            fsspec.filesystem("s3").get(model_dir + "/", str(self.out / "model") + "/", recursive=True)
+            model_dir = str(self.out / "model")
+        return {
+            "transformer": model_dir,
+            "run_dir": summary.run_dir,
+            "checkpoints": summary.checkpoint_dir,
+            "loss_curve_png": f"{summary.run_dir}/loss_curve.png",
+        }
+
+    def sample(self, transformer: str, vqgan: str) -> dict:
+        from jobs.cli import main
+
+        png = self.out / "samples.png"
+        code = main(
+            [
+                "sample",
+                "--transformer",
+                transformer,
+                "--tokenizer",
+                vqgan,
+                "--per-class",
+                str(self.options.samples_per_class),
+                "--seed",
+                str(self.options.seed),
+                "--out",
+                str(png),
+            ]
+        )
+        if code != 0:
+            raise RuntimeError("maskgit sample failed")
+        return {
+            "grid_png": str(png),
+            "layout": f"10 classes (rows) x {self.options.samples_per_class} samples",
+        }
+
+    def fid_stats(self, heldout_folder: str) -> dict:
+        from jobs.fid_stats import FidStatsOptions, run_fid_stats
+
+        path = self.out / "heldout_stats_efflite0.npz"
+        stats = run_fid_stats(
+            FidStatsOptions(source=heldout_folder, out=str(path), resolution=self.options.image_size)
+        )
+        return {"path": str(path), "images": stats.count, "evaluator": stats.evaluator}
+
+    def evaluate(self, transformer: str, vqgan: str, stats: str, classifier: str) -> dict:
+        from jobs.evaluate import EvaluateOptions, run_evaluate
+
+        record = run_evaluate(
+            EvaluateOptions(
+                transformer=transformer,
+                tokenizer=vqgan,
+                output=str(self.out / "evaluation"),
+                reference_stats=stats,
+                per_class=self.options.eval_per_class,
+                shard_size=100,
+                seed=self.options.seed,
+                classifier=classifier,
+                workers=2,
+                num_cpus_per_worker=0.5,
+                threads_per_worker=1,
+            )
+        )
+        return {
+            "report": record["report"],
+            "metrics": record["labelled_metrics"],
+            **record["extra"],
+            "grid_png": str(self.out / "evaluation" / "samples.png"),
+        }
+
+    def ablation(self, transformer: str, vqgan: str, stats: str, classifier: str) -> dict:
+        from evaluation.classifier import load_classifier
+        from evaluation.features import build_feature_extractor
+        from evaluation.stats import FeatureStatistics
+        from jobs.ablation import ablation_markdown, default_settings, run_ablation
+        from tokenizer import load_vqgan
+        from transformer.checkpoint import load_sampling_config, load_transformer
+
+        evaluator = build_feature_extractor("efficientnet-lite0", device="cpu")
+        rows = run_ablation(
+            load_transformer(transformer).eval(),
+            load_vqgan(vqgan).eval(),
+            load_classifier(classifier),
+            evaluator,
+            FeatureStatistics.load(stats),
+            default_settings(load_sampling_config(transformer)),
+            classes=list(range(10)),
+            per_class=self.options.ablation_per_class,
+            seed=self.options.seed,
+        )
+        table = ablation_markdown(rows, evaluator.info.fid_label, self.options.ablation_per_class, 10)
+        (self.out / "ablation.md").write_text(table + "\n")
+        (self.out / "ablation.json").write_text(json.dumps([r._asdict() for r in rows], indent=1))
+        print(table)
+        return {"table": str(self.out / "ablation.md"), "rows": [r._asdict() for r in rows]}
+
+    def serve(self, transformer: str, vqgan: str) -> dict:
+        import base64
+        import urllib.request
+
+        from jobs.serve import start_server, stop_server
+        from jobs.serve_schema import ServeOptions
+
+        url = start_server(ServeOptions(transformer=transformer, tokenizer=vqgan, port=_free_port()))
+        body = json.dumps({"class_id": 7, "count": 4, "seed": 0}).encode()
+        request = urllib.request.Request(
+            f"{url.rstrip('/')}/v1/generate", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            answer = json.loads(response.read())
+        png = self.out / "served.png"
+        png.write_bytes(base64.b64decode(answer["images"][0]))
+        stop_server(shutdown_ray=False)
+        return {"url": url, "images": len(answer["images"]), "first_png": str(png)}
+
+    # ------------------------------------------------------------------------------ all of it
+    def run(self) -> dict:
+        results: dict[str, dict] = {}
+        self.start_services()
+        try:
+            results["data"] = self.stage("data", self.data)
+            results["classifier"] = self.stage("classifier", self.classifier)
+            results["tokenizer"] = self.stage("tokenizer", self.tokenizer)
+            vqgan = results["tokenizer"]["path"]
+            results["tokenize"] = self.stage(
+                "tokenize", lambda: self.tokenize(vqgan, results["data"]["train_folder"])
+            )
+            results["train"] = self.stage("train", lambda: self.train(results["tokenize"]["store"], vqgan))
+            transformer = results["train"]["transformer"]
+            results["sample"] = self.stage("sample", lambda: self.sample(transformer, vqgan))
+            results["fid_stats"] = self.stage(
+                "fid_stats", lambda: self.fid_stats(results["data"]["heldout_folder"])
+            )
+            stats, classifier = results["fid_stats"]["path"], results["classifier"]["path"]
+            results["evaluate"] = self.stage(
+                "evaluate", lambda: self.evaluate(transformer, vqgan, stats, classifier)
+            )
+            results["ablation"] = self.stage(
+                "ablation", lambda: self.ablation(transformer, vqgan, stats, classifier)
+            )
+            if self.options.serve:
+                results["serve"] = self.serve(transformer, vqgan)
+        finally:
+            self.stop_services()
+        (self.out / "summary.json").write_text(json.dumps(results, indent=1))
+        print(f"\nAll stages done. Summary: {self.out / 'summary.json'}")
+        return results
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _describe(record: dict) -> str:
+    """One line of a stage record: its paths and headline numbers."""
+    shown = {k: v for k, v in record.items() if not isinstance(v, (dict, list)) and k != "seconds"}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    defaults = QuickstartOptions()
+    parser = subparsers.add_parser(
+        "quickstart",
+        help="run the whole pipeline end to end on Fashion-MNIST (local Ray, local disk or S3)",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for field in dataclasses.fields(QuickstartOptions):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=f"enable {field.name}")
+        else:
+            kind = type(default) if default is not None else int
+            parser.add_argument(flag, type=kind, default=default)
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    names = {field.name for field in dataclasses.fields(QuickstartOptions)}
+    options = QuickstartOptions(**{k: v for k, v in vars(args).items() if k in names})
+    Quickstart(options).run()
+    return 0
