@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import socket
 import time
 
@@ -57,6 +56,16 @@ def _batch(config, rank: int, step: int):
     return tokens, labels
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM). Unlike ru_maxrss it is reset by exec, so a spawned
+    worker does not report the parent's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _deepspeed_worker(rank: int, world: int, port: int, args: tuple, results) -> None:
     stage, micro_batch, steps, warmup, threads, precision = args
     os.environ.update(
@@ -94,7 +103,7 @@ def _deepspeed_worker(rank: int, world: int, port: int, args: tuple, results) ->
             rank=rank,
         )
         times.append(time.perf_counter() - start)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = _peak_rss_mib()
     results.put((rank, sorted(times[warmup:])[len(times[warmup:]) // 2], peak_mib))
     torch.distributed.destroy_process_group()
 
@@ -205,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"Model: preset {PRESET!r} at a {GRID}x{GRID} grid ({params / 1e6:.1f} M parameters), "
         f"micro-batch {micro_batch}, "
         f"median of {steps} steps after {warmup} warm-up. 'vs plain' is the plain loop's step time over ours "
-        "(1.0 = no overhead). Peak RSS is each process's ru_maxrss (includes the Python/torch runtime)."
+        "(1.0 = no overhead). Peak RSS is each worker process's VmHWM "
+        "(includes the Python/torch/DeepSpeed runtime)."
     )
     return write_result("train", rows, notes=notes)
 
