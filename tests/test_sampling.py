@@ -199,7 +199,8 @@ def test_sampling_config_kwargs_drive_sample(model):
     [
         ({"class_ids": [0, 5]}, "class ids must be in"),
         ({"class_ids": [-1]}, "class ids must be in"),
-        ({"steps": 0}, "steps must be >= 1"),
+        ({"steps": 0}, "steps must be an integer >= 1"),
+        ({"steps": 2.5}, "steps must be an integer >= 1"),
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"temperature": -1.0}, "temperature must be > 0"),
         ({"gumbel_temperature": -0.1}, "gumbel_temperature"),

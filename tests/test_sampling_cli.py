@@ -112,7 +112,7 @@ def test_blend_uses_a_blurred_mask():
     ("extra", "message"),
     [
         (["--classes", "10"], "class ids must be in"),
-        (["--steps", "0"], "steps must be >= 1"),
+        (["--steps", "0"], "steps must be an integer >= 1"),
         (["--temperature", "0"], "temperature must be > 0"),
         (["--image", "x.png"], "needs both --image and --box"),
         (["--image", "missing.png", "--box", "0", "0", "4", "4"], "no image at"),

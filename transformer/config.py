@@ -149,8 +149,8 @@ class SamplingConfig:
     cfg_schedule: str = "linear"
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
         check_schedule(self.schedule)
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")

@@ -196,9 +196,14 @@ def sample(
     """
     transformer = unwrap_model(model)
     config = transformer.config
-    SamplingConfig(
-        steps, schedule, temperature, gumbel_temperature, cfg_weight, cfg_schedule
-    )  # validates knobs
+    SamplingConfig(  # validates the knobs, with the same messages as a stored config
+        steps=steps,
+        schedule=schedule,
+        temperature=temperature,
+        gumbel_temperature=gumbel_temperature,
+        cfg_weight=cfg_weight,
+        cfg_schedule=cfg_schedule,
+    )
     if not 0 <= start_step < steps:
         raise ValueError(f"start_step must be in [0, steps={steps}), got {start_step}")
     device = next(transformer.parameters()).device
