@@ -128,6 +128,7 @@ class _BatchedNetwork:
         features, logits = [], []
         for start in range(0, len(images), self.batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size]))
+            # A channels-last view: on CPU the evaluators' inference is ~1.5x faster in that layout.
             chunk = chunk.to(self.device).permute(0, 3, 1, 2)  # (b, 3, H, W) uint8
             batch_features, batch_logits = self._forward(chunk)
             features.append(batch_features.float().cpu().numpy())
