@@ -62,44 +62,59 @@ def job_config(store: dict, out: Path, **overrides) -> TrainJobConfig:
     return dataclasses.replace(base, **overrides)
 
 
+@pytest.fixture(scope="module")
+def zero1_run(ray_local, fashion_token_store, tmp_path_factory):
+    """The reference configuration (ZeRO-1, fp32, 2 workers, 24 steps, checkpoints every 8), run once."""
+    config = job_config(fashion_token_store, tmp_path_factory.mktemp("zero1") / "run")
+    return config, run_training(config)
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")}
 
 
-@pytest.mark.parametrize(
-    ("stage", "precision", "ema"),
-    [(1, "fp32", None), (2, "bf16", None), (3, "fp32", 0.9)],
-    ids=["zero1-fp32", "zero2-bf16", "zero3-fp32-ema"],
-)
-def test_zero_stages_train_with_falling_loss_and_export_for_the_sampler(
-    ray_local, fashion_token_store, tmp_path, stage, precision, ema
-):
+def check_finished_run(config: TrainJobConfig, export_dir: str, store: dict, *, has_ema: bool) -> None:
+    """Loss fell, the pictures and logs exist, the last checkpoint is complete and the export samples."""
     from transformer.checkpoint import load_sampling_config, load_transformer
     from transformer.sample import sample
 
+    run_dir = Path(config.out)
+    curve = losses(run_dir)
+    assert sorted(curve) == list(range(1, config.steps + 1))
+    first, last = np.mean([curve[s] for s in (1, 2, 3)]), np.mean([curve[s] for s in (22, 23, 24)])
+    assert last < 0.7 * first, f"loss did not fall enough: {first:.3f} -> {last:.3f}"
+    assert (run_dir / "loss_curve.png").stat().st_size > 1000
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    checkpoints = CheckpointStore(config.checkpoint_uri)
+    assert checkpoints.latest_step() == config.steps
+    assert checkpoints.read_meta(config.steps).has_ema == has_ema
+
+    model = load_transformer(export_dir).eval()
+    assert model.config.depth == 2 and model.config.codebook_size == store["codebook_size"]
+    sampling = load_sampling_config(export_dir)
+    assert sampling.steps == 4 and sampling.cfg_weight == 1.0
+    tokens = sample(model, torch.arange(4), seeds=[0, 1, 2, 3], **sampling.as_kwargs()).tokens
+    assert tokens.shape == (4, store["grid_size"], store["grid_size"])
+    assert int(tokens.max()) < store["codebook_size"]
+
+
+def test_zero1_trains_with_falling_loss_and_exports_for_the_sampler(zero1_run, fashion_token_store):
+    config, summary = zero1_run
+    check_finished_run(config, summary.export_dir, fashion_token_store, has_ema=False)
+
+
+@pytest.mark.parametrize(
+    ("stage", "precision", "ema"), [(2, "bf16", None), (3, "fp32", 0.9)], ids=["zero2-bf16", "zero3-fp32-ema"]
+)
+def test_zero2_and_zero3_train_with_falling_loss_and_export_for_the_sampler(
+    ray_local, fashion_token_store, tmp_path, stage, precision, ema
+):
     config = job_config(
         fashion_token_store, tmp_path / "run", zero_stage=stage, precision=precision, ema_decay=ema
     )
     summary = run_training(config)
-
-    curve = losses(tmp_path / "run")
-    assert sorted(curve) == list(range(1, config.steps + 1))
-    first, last = np.mean([curve[s] for s in (1, 2, 3)]), np.mean([curve[s] for s in (22, 23, 24)])
-    assert last < 0.7 * first, f"loss did not fall enough: {first:.3f} -> {last:.3f}"
-    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
-    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
-
-    store = CheckpointStore(config.checkpoint_uri)
-    assert store.latest_step() == config.steps
-    assert store.read_meta(config.steps).has_ema == (ema is not None)
-
-    model = load_transformer(summary.export_dir).eval()
-    assert model.config.depth == 2 and model.config.codebook_size == fashion_token_store["codebook_size"]
-    sampling = load_sampling_config(summary.export_dir)
-    assert sampling.steps == 4 and sampling.cfg_weight == 1.0
-    tokens = sample(model, torch.arange(4), seeds=[0, 1, 2, 3], **sampling.as_kwargs()).tokens
-    assert tokens.shape == (4, fashion_token_store["grid_size"], fashion_token_store["grid_size"])
-    assert int(tokens.max()) < fashion_token_store["codebook_size"]
+    check_finished_run(config, summary.export_dir, fashion_token_store, has_ema=ema is not None)
 
 
 def _wait_for_checkpoint(checkpoints: Path, step: int, process: subprocess.Popen, timeout_s: float) -> None:
@@ -115,11 +130,12 @@ def _wait_for_checkpoint(checkpoints: Path, step: int, process: subprocess.Popen
 
 
 def test_killed_run_resumes_on_the_uninterrupted_loss_curve_and_on_one_worker(
-    ray_local, fashion_token_store, tmp_path
+    zero1_run, fashion_token_store, tmp_path
 ):
-    reference = job_config(fashion_token_store, tmp_path / "reference")
-    run_training(reference)
-    expected = losses(tmp_path / "reference")
+    import shutil
+
+    reference, _ = zero1_run
+    expected = losses(Path(reference.out))
 
     # A real `maskgit train` process (its own embedded Ray), SIGKILLed after its step-8 checkpoint.
     killed = job_config(fashion_token_store, tmp_path / "killed")
@@ -151,11 +167,18 @@ def test_killed_run_resumes_on_the_uninterrupted_loss_curve_and_on_one_worker(
     for step in expected:
         assert resumed[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-5), f"step {step}"
 
-    # The same run continued on 1 worker (gradient accumulation 2 keeps the global batch and the
+    # The run continued on 1 worker (gradient accumulation 2 keeps the global batch and the
     # per-micro-batch masks): the universal-checkpoint path reshards ZeRO state for the new world size.
-    longer = dataclasses.replace(reference, num_workers=1, steps=reference.steps + 8, cpus_per_worker=2.0)
+    shutil.copytree(reference.out, tmp_path / "continued")
+    longer = dataclasses.replace(
+        reference,
+        out=str(tmp_path / "continued"),
+        num_workers=1,
+        steps=reference.steps + 8,
+        cpus_per_worker=2.0,
+    )
     run_training(longer)
-    continued = losses(tmp_path / "reference")
+    continued = losses(tmp_path / "continued")
     assert sorted(continued) == list(range(1, longer.steps + 1))
     assert all(np.isfinite(continued[s]) for s in range(reference.steps + 1, longer.steps + 1))
     assert np.mean([continued[s] for s in range(25, 33)]) < np.mean([expected[s] for s in (1, 2, 3)])
@@ -192,17 +215,23 @@ def test_store_model_mismatch_and_unreachable_store_are_clear_errors(fashion_tok
     assert main(["train", "--store", str(tmp_path / "no-store"), "--out", str(tmp_path / "x")]) == 2
 
 
-def test_corrupted_checkpoint_is_named(ray_local, fashion_token_store, tmp_path):
-    config = job_config(fashion_token_store, tmp_path / "run", steps=8, checkpoint_every=8)
-    run_training(config)
+def test_corrupted_checkpoint_is_named_and_never_loaded(zero1_run, fashion_token_store, tmp_path):
+    import shutil
+
+    reference, _ = zero1_run
+    shutil.copytree(reference.out, tmp_path / "run")
+    config = dataclasses.replace(reference, out=str(tmp_path / "run"), steps=reference.steps + 8)
     store = CheckpointStore(config.checkpoint_uri)
-    step_dir = tmp_path / "run" / "checkpoints" / step_dirname(8)
-    victim = next(step_dir.glob("*optim_states.pt"))
+    step = store.latest_step()
+    victim = next((tmp_path / "run" / "checkpoints" / step_dirname(step)).glob("*optim_states.pt"))
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=victim.name):
-        store.download(8, tmp_path / "download")
+        store.download(step, tmp_path / "download")
+    # The training job refuses to resume from it, naming the file, before any worker trains on it.
+    with pytest.raises(Exception, match=victim.name):
+        run_training(config)
     (tmp_path / "run" / "checkpoints" / "latest.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"latest\.json"):
         store.latest_step()
