@@ -138,7 +138,12 @@ class SampleStore:
     def _feature_path(self, evaluator_key: str, index: int, suffix: str) -> str:
         return f"{self.root}/features/{evaluator_key}/shard-{index:06d}.{suffix}"
 
+    def refresh(self) -> None:
+        """Forget cached listings (object-store filesystems cache them; workers write behind our back)."""
+        self.fs.invalidate_cache()
+
     def _committed(self, directory: str) -> set[int]:
+        self.refresh()
         if not self.fs.exists(directory):
             return set()
         names = [path.rsplit("/", 1)[-1] for path in self.fs.ls(directory, detail=False)]

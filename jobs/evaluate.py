@@ -340,6 +340,7 @@ def run_evaluate(options: EvaluateOptions) -> dict:
     )
     if pending:
         _run_pending(options, resolved, pending, labels)
+        store.refresh()
 
     feature_shards = [store.read_features(options.evaluator_key, shard.index) for shard in shards]
     scores = score_samples(

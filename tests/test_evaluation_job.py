@@ -193,3 +193,22 @@ def test_settings_mismatches_fail_before_sampling(
     assert main([*args, "--evaluator", "inception", "--inception-weights", str(tmp_path / "w.pth")]) == 2
     assert "pt_inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
     assert not (out / "samples").exists()
+
+
+@pytest.mark.s3
+def test_job_reads_and_writes_s3(ray_cluster, tiny_models, reference_stats, s3_server):
+    import fsspec
+
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    reference = s3_server.url("evaluate/reference.npz")
+    fs.put(reference_stats, reference)
+    out = s3_server.url("evaluate/run")
+    args = command(tiny_models, reference, out, ray_cluster, "--classes", "2", "7")[3:]
+    assert main([*args, "--storage-options", json.dumps(s3_server.storage_options)]) == 0
+    root = out.removeprefix("s3://")
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/samples")) == [
+        "shard-000000.json", "shard-000000.npz", "shard-000001.json", "shard-000001.npz",
+    ]  # fmt: skip
+    report = json.loads(fs.cat(f"{root}/report.json"))
+    assert report["num_samples"] == 6 and report["protocol"]["classes"] == 2
+    assert fs.cat(f"{root}/samples.png")[:8] == b"\x89PNG\r\n\x1a\n"
