@@ -218,8 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
         row = measure_forward(model, max(batches), precision, args.repeats)
         forward_rows.append({"preset": preset, **row})
         print(row)
+    suffix = "_quick" if args.quick else ""  # a smoke run never overwrites the full results
     forward_record = write_result(
-        "sampler_forward",
+        f"sampler_forward{suffix}",
         forward_rows,
         notes="forward over all positions (sampler step 0) vs the same GEMMs as plain torch.mm/bmm, "
         "interleaved; "
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
         + f". bf16 drift on one forward: {drift}. Random weights: drift of a trained model may differ. "
         f"{torch.get_num_threads()} torch threads; load_1m is the machine's 1-minute load average."
     )
-    record = write_result("sampler", sampler_rows, notes=notes)
+    record = write_result(f"sampler{suffix}", sampler_rows, notes=notes)
     return {"forward": forward_record, "sampler": record, "drift": drift}
 
 
