@@ -398,7 +398,7 @@ def run_evaluate(options: EvaluateOptions) -> dict:
 
 
 def _run_cli(args) -> int:
-    from jobs.fid_stats import parse_storage_options
+    from jobs.storage_options import parse_storage_options
 
     names = {field.name for field in dataclasses.fields(EvaluateOptions)}
     values = {name: getattr(args, name) for name in names if hasattr(args, name)}

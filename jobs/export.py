@@ -10,7 +10,6 @@ Nothing downstream ever sees a DeepSpeed layout (STYLE.md §3).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -19,6 +18,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from jobs.checkpoints import CheckpointError, CheckpointStore, step_dirname
+from jobs.storage_options import HELP as STORAGE_OPTIONS_HELP
+from jobs.storage_options import parse_storage_options
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ema = parser.add_mutually_exclusive_group()
     ema.add_argument("--ema", dest="use_ema", action="store_true", default=None, help="export EMA weights")
     ema.add_argument("--no-ema", dest="use_ema", action="store_false", help="export the raw fp32 weights")
-    parser.add_argument("--storage-options", type=json.loads, default={}, help="fsspec options as JSON")
+    parser.add_argument(
+        "--storage-options", type=parse_storage_options, default=None, help=STORAGE_OPTIONS_HELP
+    )
     parser.set_defaults(run=_run)
 
 

@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 from evaluation.features import EVALUATORS
+from jobs.storage_options import parse_storage_options
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +127,6 @@ def run_fid_stats(options: FidStatsOptions):
     with fsspec.open(options.out, "wb", **(so or {})) as handle:
         stats.save(handle)
     return stats
-
-
-def parse_storage_options(text: str | None) -> dict[str, Any] | None:
-    """`--storage-options` JSON (or @file) -> dict, as every job parses it."""
-    from jobs.tokenize import _storage_options
-
-    return _storage_options(text)
 
 
 def add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jobs.storage_options import parse_storage_options
 from pipeline.store import (
     FORMAT_VERSION,
     STORE_FORMATS,
@@ -357,26 +358,11 @@ def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
 # --- command line ---------------------------------------------------------------------------------
 
 
-def _storage_options(text: str | None) -> dict[str, Any] | None:
-    if not text:
-        return None
-    if text.startswith("@"):
-        with open(text[1:]) as handle:
-            text = handle.read()
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--storage-options is not valid JSON ({error.msg} at {error.pos})") from None
-    if not isinstance(value, dict):
-        raise ValueError("--storage-options must be a JSON object")
-    return value
-
-
 def _run_cli(args) -> int:
     fields = {
         name: getattr(args, name) for name in TokenizeOptions.__dataclass_fields__ if hasattr(args, name)
     }
-    fields["storage_options"] = _storage_options(args.storage_options)
+    fields["storage_options"] = parse_storage_options(args.storage_options)
     fields["store_format"] = args.format
     summary = run_tokenize(TokenizeOptions(**fields))
     rate = f"{summary.images_per_s:.1f} images/s" if summary.shards_written else "nothing left to do"
