@@ -9,9 +9,19 @@ refuses it on CPU, and bf16 is the better choice on every accelerator this job t
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 PRECISIONS = ("fp32", "bf16")
+
+
+def select_accelerator() -> None:
+    """Before importing deepspeed: name the CPU accelerator when there is no GPU, instead of letting
+    DeepSpeed guess and warn. A value the user set in DS_ACCELERATOR wins."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ def export_checkpoint(
         use_ema: export the EMA weights (default: when the run kept an EMA).
         storage_options: fsspec options for both locations.
     """
+    from jobs.deepspeed_config import select_accelerator
+
+    select_accelerator()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from safetensors.torch import load_file
 

@@ -45,11 +45,12 @@ def init_deepspeed_distributed(use_gpu: bool) -> None:
     `init_distributed` on a machine; gloo does not need it (shared/reference/stack.md §4). Marking the
     op incompatible is the switch DeepSpeed itself consults before building.
     """
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
     import deepspeed.ops
 
     if not use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
 
