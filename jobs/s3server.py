@@ -51,13 +51,16 @@ def _free_port_with_grpc_twin(taken: set[int]) -> int:
     raise S3ServerError("no free port pair (p, p + 10000) found on 127.0.0.1")
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: receive SIGTERM when the process that started the server dies, so a
-    killed test run or quickstart never leaves a server behind (Linux prctl PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+# Runs the server as a child of a small shell that polls the process that started it, and stops the
+# server when that process is gone: a killed test run or quickstart never leaves a server behind.
+# (PR_SET_PDEATHSIG is not enough: it fires when the starting *thread* exits, e.g. a restart timer.)
+# On SIGTERM (stop()) the shell waits for the server to finish, so its ports are free when stop() returns.
+_WATCHDOG = (
+    'parent=$1; shift; "$@" & child=$!; '
+    """trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT; """
+    'while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 1; done; '
+    'kill -TERM "$child" 2>/dev/null; wait "$child"'
+)
 
 
 def find_weed_binary() -> str:
@@ -142,6 +145,11 @@ class LocalS3Server:
         config_path.write_text(json.dumps(identities))
         config_path.chmod(0o600)
         command = [
+            "/bin/sh",
+            "-c",
+            _WATCHDOG,
+            "weed-watchdog",
+            str(os.getpid()),
             find_weed_binary(),
             "mini",
             f"-dir={self.data_dir / 'weed'}",
@@ -165,8 +173,7 @@ class LocalS3Server:
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
+                start_new_session=True,  # its own process group: stop() signals the watchdog and the server
             )
         self._wait_ready(timeout_s, log_path)
         return self
