@@ -125,6 +125,33 @@ class RayHeadCluster:
         )
         return self
 
+    def submit(self, entrypoint: list[str], *, timeout_s: float = 900):
+        """`ray job submit -- <entrypoint>` from a client holding no AWS credentials.
+
+        A head that has just started may answer "No available agent to submit job" until its job
+        agent registers; that answer is retried for up to a minute.
+        """
+        import subprocess
+        import sys
+        import time
+        from pathlib import Path
+
+        ray_bin = str(Path(sys.executable).parent / "ray")
+        env = {k: v for k, v in self.env.items() if not k.startswith("AWS_")}
+        env["RAY_API_SERVER_ADDRESS"] = self.dashboard_url
+        deadline = time.monotonic() + 60
+        while True:
+            result = subprocess.run(
+                [ray_bin, "job", "submit", "--", *entrypoint],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
+            if "No available agent" not in result.stdout + result.stderr or time.monotonic() > deadline:
+                return result
+            time.sleep(2)
+
     def stop(self) -> None:
         import shutil
         import signal
@@ -152,12 +179,13 @@ class RayHeadCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_head(s3_server):
     """A running Ray head on 127.0.0.1 (dashboard + job server) that can reach the S3 server.
 
     The S3 credentials reach the cluster's processes through the standard AWS environment of
-    `ray start`, the way a real cluster gets them from its nodes' environment.
+    `ray start`, the way a real cluster gets them from its nodes' environment. Module-scoped: while
+    a head runs, Ray code that looks for "the" local cluster would find two.
     """
     cluster = RayHeadCluster(env=s3_server.env).start()
     yield cluster
