@@ -77,6 +77,20 @@ class RayHeadCluster:
 
         self.port = free_port()
         self.dashboard_port = free_port()
+        # Every port Ray would otherwise take from its fixed defaults (52365 for the dashboard agent...):
+        # two clusters in one session must not race for them, or the second has no job agent.
+        self.extra_ports = {
+            flag: free_port()
+            for flag in (
+                "--ray-client-server-port",
+                "--dashboard-agent-listen-port",
+                "--dashboard-agent-grpc-port",
+                "--metrics-export-port",
+                "--runtime-env-agent-port",
+                "--node-manager-port",
+                "--object-manager-port",
+            )
+        }
         # Ray's unix socket paths must stay short: use a short temp dir, not pytest's deep tmp_path.
         import tempfile
 
@@ -117,6 +131,7 @@ class RayHeadCluster:
                 f"--dashboard-port={self.dashboard_port}",
                 f"--temp-dir={self.temp_dir}",
                 "--disable-usage-stats",
+                *(f"{flag}={port}" for flag, port in self.extra_ports.items()),
             ],
             env=self.env,
             check=True,
