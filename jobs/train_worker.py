@@ -142,6 +142,7 @@ def train_loop(config_dict: dict) -> None:
     outputs = RunOutputs(config, rank=rank) if rank == 0 else None
     tokens_per_step = config.global_batch_size * model_config.num_tokens
     timer, window = _Timer(), {"loss": 0.0, "masked_accuracy": 0.0, "count": 0}
+    latest_metrics: dict[str, float] = {}
     if outputs is not None:
         outputs.start_progress(initial=step, total=config.steps)
     batches = iter(_endless(loader))
@@ -172,17 +173,19 @@ def train_loop(config_dict: dict) -> None:
                 epoch=float(loader.state_dict().get("epoch", 0)),
             )
             window = {"loss": 0.0, "masked_accuracy": 0.0, "count": 0}
+            latest_metrics = metrics
             if outputs is not None:
                 outputs.log(step, metrics)
-            ray.train.report({"step": step, **metrics})
         elif outputs is not None:
             outputs.advance(step)
         if config.sample_every and step % config.sample_every == 0 and config.tokenizer:
             write_sample_grid(engine.module, config, model_config, step, outputs)
         if step % config.checkpoint_every == 0 or step == config.steps:
             _save(engine, ema, store, config, model_config, step, loader.state_dict(), work_dir, rank, world)
-    if config.tokenizer:
-        write_sample_grid(engine.module, config, model_config, step, outputs)
+            # Ray gets the metrics at checkpoints only (its per-report log line is loud).
+            ray.train.report({"step": step, **latest_metrics})
+    if config.tokenizer and not (config.sample_every and step % config.sample_every == 0):
+        write_sample_grid(engine.module, config, model_config, step, outputs)  # the grid of the final weights
     dist.barrier()
     if outputs is not None:
         outputs.finish()
