@@ -177,7 +177,7 @@ class _EvaluateWorker:
                 torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
             )
             with torch.no_grad(), autocast:
-                ids, batch_seeds = torch.from_numpy(class_ids[part]), seeds[part].tolist()
+                ids, batch_seeds = torch.as_tensor(np.array(class_ids[part])), seeds[part].tolist()
                 tokens = sample(self.model, ids, seeds=batch_seeds, **self.sampling).tokens  # (b, h, w)
                 images.append(to_uint8_images(self.vqgan.decode_from_indices(tokens)))  # (b, H, W, 3)
         return np.concatenate(images)

@@ -102,7 +102,9 @@ class Quickstart:
             print(f"[s3] local S3 server at {self.s3.endpoint_url}, bucket {self.s3.bucket}")
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         if not ray.is_initialized():
-            ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+            # The dashboard serves the state API that Ray Train's placement-group cleaner polls; without it
+            # every poll logs a warning.
+            ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=True, log_to_driver=True)
 
     def stop_services(self) -> None:
         import ray
