@@ -257,16 +257,21 @@ class TreeMemory:
 
 
 def import_loader(name: str) -> None:
-    """Import a loader's library up front: import time is a process cost, not a loading cost."""
+    """Import a loader's library and its S3 client library up front: import time is a process cost,
+    not a loading cost (LitData imports boto3 itself; the others import theirs on first use)."""
     import torch  # noqa: F401
 
     if name.startswith("ours"):
+        import s3fs  # noqa: F401
+
         import pipeline.stateful_loader  # noqa: F401
     elif name == "mosaic":
         _shim_torchvision()
+        import boto3  # noqa: F401
         import streaming  # noqa: F401
     elif name == "litdata":
         import litdata  # noqa: F401
+        import obstore  # noqa: F401
 
 
 def run_child(name: str, spec: dict) -> dict:
