@@ -56,7 +56,7 @@ class QuickstartOptions:
     lr: float = 2e-3
     samples_per_class: int = 10
     eval_per_class: int = 50
-    ablation_per_class: int = 20
+    ablation_per_class: int = 50
     seed: int = 0
 
 
