@@ -105,6 +105,16 @@ class TokenBatch(NamedTuple):
     epoch: int
     position: int  # first position of this global batch in the epoch order
 
+    def __reduce__(self):
+        # A DataLoader worker sends every tensor through its own shared-memory segment; the three
+        # per-sample columns travel as one (3, b) tensor instead (a third of the transfer cost).
+        columns = torch.stack([self.labels, self.sample_ids, self.flipped.long()])  # (3, b)
+        return _unpack_token_batch, (self.tokens, columns, self.epoch, self.position)
+
+
+def _unpack_token_batch(tokens: torch.Tensor, columns: torch.Tensor, epoch: int, position: int) -> TokenBatch:
+    return TokenBatch(tokens, columns[0], columns[1], columns[2].bool(), epoch, position)
+
 
 def default_cache_dir() -> str:
     return os.path.join(tempfile.gettempdir(), f"maskgit-shard-cache-{os.getuid()}")
