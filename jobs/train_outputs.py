@@ -58,6 +58,7 @@ class RunOutputs:
                 loss=f"{metrics['loss']:.3f}",
                 acc=f"{metrics['masked_accuracy']:.3f}",
                 tok_s=f"{metrics['tokens_per_s']:.0f}",
+                refresh=False,  # shown at the bar's next redraw (mininterval), not forced every log
             )
         self.sync()
 
