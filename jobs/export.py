@@ -18,8 +18,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from jobs.checkpoints import CheckpointError, CheckpointStore, step_dirname
-from jobs.storage_options import HELP as STORAGE_OPTIONS_HELP
-from jobs.storage_options import parse_storage_options
+from jobs.storage_options import add_storage_options_argument, parse_storage_options
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ema = parser.add_mutually_exclusive_group()
     ema.add_argument("--ema", dest="use_ema", action="store_true", default=None, help="export EMA weights")
     ema.add_argument("--no-ema", dest="use_ema", action="store_false", help="export the raw fp32 weights")
-    parser.add_argument(
-        "--storage-options", type=parse_storage_options, default=None, help=STORAGE_OPTIONS_HELP
-    )
+    add_storage_options_argument(parser)
     parser.set_defaults(run=_run)
 
 
@@ -106,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         args.out,
         step=args.step,
         use_ema=args.use_ema,
-        storage_options=args.storage_options,
+        storage_options=parse_storage_options(args.storage_options),
     )
     print(f"exported to {out}")
     return 0

@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 from typing import Any
 
 from evaluation.features import EVALUATORS
-from jobs.storage_options import parse_storage_options
+from jobs.storage_options import add_storage_options_argument, parse_storage_options
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +147,7 @@ def add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the reference's quirk: stretch each image to the full [0, 255] range before the evaluator",
     )
-    parser.add_argument(
-        "--storage-options",
-        default=os.environ.get("MASKGIT_STORAGE_OPTIONS"),
-        help="fsspec options as JSON or @file (default $MASKGIT_STORAGE_OPTIONS, else the AWS environment)",
-    )
+    add_storage_options_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class QuickstartOptions:
-    """Sizes of every stage; the defaults finish in about 20 minutes on 2 CPU cores.
+    """Sizes of every stage; the defaults finish in about 15 minutes on 2 idle CPU cores.
 
     Departures from the reference recipe, for a run of minutes on a CPU: no GAN phase in the VQGAN;
     no dropout, a higher learning rate (2e-3, 100 warm-up steps) and a cosine decay to 0.1 of it in

@@ -6,10 +6,23 @@ this flag is for the rest (endpoint, region, retry settings). `@file.json` reads
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 from typing import Any
 
-HELP = "fsspec options as JSON or @file.json (endpoint, retries; keep credentials in the AWS environment)"
+ENVIRONMENT_VARIABLE = "MASKGIT_STORAGE_OPTIONS"
+
+
+def add_storage_options_argument(parser: argparse.ArgumentParser) -> None:
+    """`--storage-options` as every job takes it: raw text, parsed by `parse_storage_options` after
+    argparse (so a bad value gets that function's message), defaulting to $MASKGIT_STORAGE_OPTIONS."""
+    parser.add_argument(
+        "--storage-options",
+        default=os.environ.get(ENVIRONMENT_VARIABLE),
+        help=f"fsspec options as JSON or @file.json: endpoint, retries (default ${ENVIRONMENT_VARIABLE}); "
+        "keep credentials in the AWS environment",
+    )
 
 
 def parse_storage_options(text: str | None) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jobs.storage_options import parse_storage_options
+from jobs.storage_options import add_storage_options_argument, parse_storage_options
 from pipeline.store import (
     FORMAT_VERSION,
     STORE_FORMATS,
@@ -397,11 +397,7 @@ def register(subparsers) -> None:
     parser.add_argument("--num-gpus-per-actor", type=float, default=None, help="default: 1 if GPUs exist")
     parser.add_argument("--num-cpus-per-actor", type=float, default=defaults.num_cpus_per_actor)
     parser.add_argument("--threads-per-actor", type=int, default=None)
-    parser.add_argument(
-        "--storage-options",
-        default=os.environ.get("MASKGIT_STORAGE_OPTIONS"),
-        help="fsspec options as JSON or @file (default $MASKGIT_STORAGE_OPTIONS, else the AWS environment)",
-    )
+    add_storage_options_argument(parser)
     parser.add_argument("--ray-address", default=None, help="default: $RAY_ADDRESS, else a local Ray")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
     parser.add_argument("--no-progress", dest="progress", action="store_false")

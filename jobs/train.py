@@ -15,8 +15,7 @@ import logging
 from typing import NamedTuple
 
 from jobs.deepspeed_config import OptimizerSettings
-from jobs.storage_options import HELP as STORAGE_OPTIONS_HELP
-from jobs.storage_options import parse_storage_options
+from jobs.storage_options import add_storage_options_argument, parse_storage_options
 from jobs.train_config import TrainJobConfig
 
 logger = logging.getLogger(__name__)
@@ -133,9 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--checkpoint-dir", default=None, help="checkpoints location (default: OUT/checkpoints)"
     )
-    parser.add_argument(
-        "--storage-options", type=parse_storage_options, default=None, help=STORAGE_OPTIONS_HELP
-    )
+    add_storage_options_argument(parser)
     parser.add_argument(
         "--ray-address", default=None, help="Ray cluster address (default: local or RAY_ADDRESS)"
     )
@@ -222,7 +219,7 @@ def config_from_args(args: argparse.Namespace) -> TrainJobConfig:
         store=args.store,
         out=args.out,
         checkpoint_dir=args.checkpoint_dir,
-        storage_options=args.storage_options or {},
+        storage_options=parse_storage_options(args.storage_options) or {},
         preset=args.preset,
         model_overrides=overrides,
         num_workers=args.workers,
