@@ -27,9 +27,9 @@ from benchmarks.common import write_result
 
 
 def _evaluator_rows(device: str, count: int) -> list[dict]:
+    from demo.example_data import load_fashion_mnist, to_rgb
     from evaluation.features import EfficientNetLite0Features, InceptionV3Features
     from evaluation.inception import FIDInceptionV3
-    from pipeline.example_data import load_fashion_mnist, to_rgb
 
     images = to_rgb(load_fashion_mnist("test")[0][: count + 32], size=32)
     rows = []
@@ -77,8 +77,8 @@ def _fid_rows(dim: int) -> list[dict]:
 
 
 def _classifier_rows(quick: bool) -> list[dict]:
+    from demo.example_data import load_fashion_mnist, to_rgb
     from evaluation.classifier import classifier_accuracy, train_classifier
-    from pipeline.example_data import load_fashion_mnist, to_rgb
 
     train_images, train_labels = load_fashion_mnist("train")
     test_images, test_labels = load_fashion_mnist("test")

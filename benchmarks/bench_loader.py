@@ -1,7 +1,7 @@
 """Benchmark: our streaming token loader vs MosaicML Streaming and LitData on the same tokens.
 
 Claim under test (issue #5): at the same batch size, with shuffling on, reading the same tokens
-from the same local S3 server (SeaweedFS, `jobs.s3server.LocalS3Server`), `pipeline.dataset` is at
+from the same local S3 server (SeaweedFS, `demo.s3server.LocalS3Server`), `pipeline.dataset` is at
 least 1.5x faster (samples/s) than the faster of `mosaicml-streaming` and `litdata`; peak memory is
 reported beside it.
 
@@ -79,7 +79,7 @@ def _shim_torchvision() -> None:
 
 def real_tokens(num_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """(tokens (n, 2, 16, 16) uint16 in [0, 1024), labels (n,) int64) from Fashion-MNIST train."""
-    from pipeline.example_data import load_fashion_mnist
+    from demo.example_data import load_fashion_mnist
 
     images, labels = load_fashion_mnist("train")
     reps = -(-num_samples // len(images))
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     from benchmarks.common import write_result
-    from jobs.s3server import LocalS3Server
+    from demo.s3server import LocalS3Server
 
     num_samples = args.samples or (12_000 if args.quick else 60_000)
     loaders = [name.strip() for name in args.loaders.split(",") if name.strip()]

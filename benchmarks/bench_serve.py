@@ -68,7 +68,7 @@ def measure_offline(
     transformer: str, tokenizer: str, concurrency: int, requests: int, max_batch: int
 ) -> dict:
     """In-process `SamplerEngine.run` in batches of min(concurrency, max_batch) one-image jobs."""
-    from jobs.serve_engine import SampleJob, SamplerEngine
+    from jobs.serve.engine import SampleJob, SamplerEngine
     from transformer import load_sampling_config
 
     engine = SamplerEngine(transformer, tokenizer, device="cpu")
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
-    from jobs.serve import start_server, stop_server
-    from jobs.serve_schema import ServeOptions
+    from jobs.serve.app import start_server, stop_server
+    from jobs.serve.schema import ServeOptions
 
     torch.set_num_threads(args.threads)
     per_level = {1: 12, 4: 32, 16: 96} if args.quick else {1: 40, 4: 128, 16: 384}

@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
+    from demo.example_data import load_fashion_mnist, to_rgb, write_image_folder
     from jobs.tokenize import TokenizeOptions, run_tokenize
-    from pipeline.example_data import load_fashion_mnist, to_rgb, write_image_folder
     from tokenizer.checkpoint import save_vqgan
     from tokenizer.config import PRESETS
     from tokenizer.vqgan import VQGAN

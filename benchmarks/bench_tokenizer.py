@@ -35,7 +35,7 @@ IMAGE_SIZE = 256
 def input_images(batch: int) -> torch.Tensor:
     """(batch, 3, 256, 256) in [-1, 1]: Fashion-MNIST when available, else seeded random pixels."""
     try:
-        from pipeline.example_data import load_fashion_mnist, to_rgb
+        from demo.example_data import load_fashion_mnist, to_rgb
 
         images, _ = load_fashion_mnist("test")
         pixels = to_rgb(images[:batch], size=IMAGE_SIZE)

@@ -1,6 +1,6 @@
 """Training throughput: our DeepSpeed step loop vs a plain PyTorch loop, and ZeRO-1/2/3 on 2 CPU workers.
 
-Part 1 (single process): tokens/s of `jobs.train_worker.optimizer_step` on a world-size-1 DeepSpeed
+Part 1 (single process): tokens/s of `jobs.train.worker.optimizer_step` on a world-size-1 DeepSpeed
 engine against the reference's style of loop (torch AdamW, `clip_grad_norm_`, no DeepSpeed) over the
 same model, objective, batch and thread count. The ratio is DeepSpeed's overhead, reported as is.
 
@@ -33,7 +33,7 @@ def _free_port() -> int:
 
 
 def _job_config(stage: int, workers: int, micro_batch: int, precision: str):
-    from jobs.train_config import TrainJobConfig
+    from jobs.train.config import TrainJobConfig
 
     return TrainJobConfig(
         store="unused",
@@ -76,7 +76,7 @@ def _deepspeed_worker(rank: int, world: int, port: int, args: tuple, results) ->
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(threads)
-    from jobs.train_worker import (
+    from jobs.train.worker import (
         _quiet_worker_warnings,
         build_engine,
         init_deepspeed_distributed,
@@ -132,8 +132,8 @@ def run_deepspeed(
 
 def run_plain(micro_batch: int, steps: int, warmup: int, threads: int, precision: str) -> float:
     """Median step time of the reference-style loop: torch AdamW, grad clipping, no DeepSpeed."""
-    from jobs.deepspeed_config import OptimizerSettings
-    from jobs.train_worker import model_config_for
+    from jobs.train.deepspeed_config import OptimizerSettings
+    from jobs.train.worker import model_config_for
     from transformer.model import MaskTransformer
     from transformer.objective import masked_token_loss
 
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "peak RSS/worker MiB": "/".join(map(str, peaks)),
             }
         )
-    from jobs.train_worker import model_config_for
+    from jobs.train.worker import model_config_for
     from transformer.model import MaskTransformer
 
     model = MaskTransformer(model_config_for(_job_config(1, 1, micro_batch, "fp32")))

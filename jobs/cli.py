@@ -13,15 +13,15 @@ import logging
 import sys
 
 COMMAND_MODULES = (  # in pipeline order, which is the order `maskgit --help` lists them
-    "jobs.quickstart",
-    "jobs.tokenizer_cli",
+    "jobs.quickstart.command",
+    "jobs.convert",
+    "jobs.train_tokenizer",
     "jobs.tokenize",
-    "jobs.train",
-    "jobs.export",
-    "jobs.transformer_cli",
+    "jobs.train.driver",
+    "jobs.train.export",
     "jobs.sample",
-    "jobs.serve",
-    "jobs.evaluate",
+    "jobs.serve.app",
+    "jobs.evaluate.job",
 )
 
 

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jobs.storage_options import add_storage_options_argument, parse_storage_options
+from jobs.options import add_storage_options_argument, parse_storage_options
 from pipeline.store import (
     FORMAT_VERSION,
     STORE_FORMATS,

@@ -29,7 +29,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A SeaweedFS S3 gateway on 127.0.0.1 with a bucket, for the whole session."""
-    from jobs.s3server import LocalS3Server
+    from demo.s3server import LocalS3Server
 
     server = LocalS3Server(data_dir=tmp_path_factory.mktemp("s3"))
     server.start()
@@ -40,7 +40,7 @@ def s3_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fashion_mnist():
     """Fashion-MNIST train split: images (60000, 28, 28) uint8, labels (60000,) int64."""
-    from pipeline.example_data import load_fashion_mnist
+    from demo.example_data import load_fashion_mnist
 
     return load_fashion_mnist("train")
 
@@ -48,7 +48,7 @@ def fashion_mnist():
 @pytest.fixture(scope="session")
 def fashion_mnist_small(fashion_mnist):
     """A balanced, seeded 200-image subset of Fashion-MNIST as RGB 32x32: (images, labels)."""
-    from pipeline.example_data import balanced_subset, to_rgb
+    from demo.example_data import balanced_subset, to_rgb
 
     images, labels = fashion_mnist
     index = balanced_subset(labels, per_class=20, seed=0)
@@ -222,8 +222,8 @@ def fashion_token_store(tmp_path_factory, fashion_mnist, fashion_vqgan):
 
     Returns a dict: url, vqgan (folder), codebook_size, grid_size, num_classes.
     """
+    from demo.example_data import balanced_subset, to_rgb, write_image_folder
     from jobs.tokenize import TokenizeOptions, run_tokenize
-    from pipeline.example_data import balanced_subset, to_rgb, write_image_folder
     from tokenizer import load_vqgan
 
     images, labels = fashion_mnist

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from demo.example_data import balanced_subset, load_fashion_mnist, to_rgb
 from evaluation.classifier import (
     PRESETS,
     Classifier,
@@ -17,7 +18,6 @@ from evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
-from pipeline.example_data import balanced_subset, load_fashion_mnist, to_rgb
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from jobs.cli import build_parser, main
-from jobs.train import config_from_args
+from jobs.train.driver import config_from_args
 
 COMMANDS = {
     "tokenize": ["tokenize", "--input", "in", "--output", "out", "--tokenizer", "vq"],

@@ -12,7 +12,7 @@ from collections import Counter
 
 import numpy as np
 
-from pipeline.example_data import FASHION_MNIST_CLASSES, balanced_subset
+from demo.example_data import FASHION_MNIST_CLASSES, balanced_subset
 from pipeline.store import ShardCommit, StoreManifest, TokenShard, TokenStoreWriter
 
 GRID = (7, 7)

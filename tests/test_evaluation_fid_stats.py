@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from demo.example_data import write_image_folder
+from demo.example_inputs import write_parquet_files, write_webdataset_shards
 from evaluation.features import EfficientNetLite0Features
 from evaluation.stats import FeatureStatistics
 from jobs.cli import main
-from pipeline.example_data import write_image_folder
-from pipeline.example_inputs import write_parquet_files, write_webdataset_shards
 
 COUNT = 16
 

@@ -50,7 +50,7 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_stats(tmp_path_factory, fashion_mnist_small):
     """EfficientNet-Lite0 statistics of 40 real Fashion-MNIST images, made by `maskgit fid-stats`."""
-    from pipeline.example_data import write_image_folder
+    from demo.example_data import write_image_folder
 
     root = tmp_path_factory.mktemp("reference")
     images, labels = fashion_mnist_small

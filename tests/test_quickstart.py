@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.quickstart import Quickstart, QuickstartOptions
+from jobs.quickstart.command import Quickstart, QuickstartOptions
 
 pytestmark = [pytest.mark.ray, pytest.mark.deepspeed, pytest.mark.slow]
 

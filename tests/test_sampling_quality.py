@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from demo.example_data import balanced_subset, load_fashion_mnist, to_rgb
 from evaluation.classifier import train_classifier
-from pipeline.example_data import balanced_subset, load_fashion_mnist, to_rgb
 from pipeline.images import encode_png, image_grid, to_model_input, to_uint8_images
 from tokenizer import load_vqgan
 from tokenizer.config import preset

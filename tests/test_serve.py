@@ -30,7 +30,7 @@ import torch
 import yaml
 from PIL import Image
 
-from jobs.serve_engine import JobFailure, SampleJob, SamplerEngine
+from jobs.serve.engine import JobFailure, SampleJob, SamplerEngine
 from pipeline.images import encode_png, to_model_input
 from tokenizer import VQGAN, preset, save_vqgan
 from transformer import (
@@ -173,8 +173,8 @@ def server(tiny_models):
     """The service on 127.0.0.1 via `start_server`, in a local Ray cluster of this process."""
     import ray
 
-    from jobs.serve import start_server, stop_server
-    from jobs.serve_schema import ServeOptions
+    from jobs.serve.app import start_server, stop_server
+    from jobs.serve.schema import ServeOptions
 
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
     ray.init(
@@ -420,9 +420,9 @@ def test_load_200_requests_at_concurrency_32(server):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_serve_run_with_the_config_file(tiny_models, tmp_path):
-    """`serve run jobs/serve_config.yaml` (paths and port edited) serves a generate request."""
+    """`serve run jobs/serve/config.yaml` (paths and port edited) serves a generate request."""
     document = yaml.safe_load(
-        (Path(__file__).resolve().parents[1] / "jobs" / "serve_config.yaml").read_text()
+        (Path(__file__).resolve().parents[1] / "jobs" / "serve" / "config.yaml").read_text()
     )
     port = _free_port()
     document["http_options"]["port"] = port

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from jobs.serve_engine import pixel_mask_to_token_region
-from jobs.serve_schema import GenerateRequest, InpaintRequest, ServeOptions
+from jobs.serve.engine import pixel_mask_to_token_region
+from jobs.serve.schema import GenerateRequest, InpaintRequest, ServeOptions
 
-CONFIG_FILE = Path(__file__).resolve().parents[1] / "jobs" / "serve_config.yaml"
+CONFIG_FILE = Path(__file__).resolve().parents[1] / "jobs" / "serve" / "config.yaml"
 
 
 def test_options_from_strings_as_serve_run_passes_them():
@@ -104,7 +104,7 @@ def test_serve_config_file_is_a_valid_serve_config():
     document = yaml.safe_load(CONFIG_FILE.read_text())
     config = ServeDeploySchema.model_validate(document)
     (app,) = config.applications
-    assert app.import_path == "jobs.serve:app_builder"
+    assert app.import_path == "jobs.serve.app:app_builder"
     options = ServeOptions.from_dict(app.args)  # every arg is an option
     assert options.max_images_per_request <= options.max_batch_images
     assert config.http_options.host == "127.0.0.1"
@@ -113,9 +113,9 @@ def test_serve_config_file_is_a_valid_serve_config():
 def test_app_builder_builds_the_two_deployments(tmp_path):
     from ray.serve._private.utils import import_attr
 
-    from jobs.serve import INGRESS_DEPLOYMENT, SAMPLER_DEPLOYMENT
+    from jobs.serve.app import INGRESS_DEPLOYMENT, SAMPLER_DEPLOYMENT
 
-    builder = import_attr("jobs.serve:app_builder")
+    builder = import_attr("jobs.serve.app:app_builder")
     args = {**yaml.safe_load(CONFIG_FILE.read_text())["applications"][0]["args"], "replicas": 3}
     app = builder(args)
     ingress = app._bound_deployment

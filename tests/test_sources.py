@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.example_data import FASHION_MNIST_CLASSES, write_image_folder
-from pipeline.example_inputs import (
+from demo.example_data import FASHION_MNIST_CLASSES, write_image_folder
+from demo.example_inputs import (
     BAD_IMAGE_KINDS,
     bad_image_bytes,
     write_parquet_files,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.example_inputs import write_webdataset_shards
+from demo.example_inputs import write_webdataset_shards
 from pipeline.images import to_model_input
 from pipeline.store import open_token_store
 

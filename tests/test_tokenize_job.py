@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.example_data import write_image_folder
-from pipeline.example_inputs import (
+from demo.example_data import write_image_folder
+from demo.example_inputs import (
     BAD_IMAGE_KINDS,
     bad_image_bytes,
     write_parquet_files,

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from pipeline.example_data import FASHION_MNIST_CLASSES, write_image_folder
+from demo.example_data import FASHION_MNIST_CLASSES, write_image_folder
 from pipeline.image_dataset import ImageFolderDataset, list_image_folder, resize_short_side_random_crop
 from pipeline.images import center_crop_resize, decode_image, to_model_input
 

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
+from demo.example_data import balanced_subset, load_fashion_mnist, to_rgb, write_image_folder
 from jobs.cli import main as cli_main
-from pipeline.example_data import balanced_subset, load_fashion_mnist, to_rgb, write_image_folder
 from pipeline.images import to_model_input
 from tokenizer.checkpoint import load_vqgan
 from tokenizer.config import preset

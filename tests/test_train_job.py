@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.checkpoints import CheckpointError, CheckpointStore, step_dirname
-from jobs.deepspeed_config import OptimizerSettings
-from jobs.metrics_log import read_metrics
-from jobs.train import check_store_matches_model, run_training
-from jobs.train_config import TrainJobConfig
+from jobs.train.checkpoints import CheckpointError, CheckpointStore, step_dirname
+from jobs.train.config import TrainJobConfig
+from jobs.train.deepspeed_config import OptimizerSettings
+from jobs.train.driver import check_store_matches_model, run_training
+from jobs.train.metrics_log import read_metrics
 
 pytestmark = [pytest.mark.ray, pytest.mark.deepspeed, pytest.mark.slow]
 

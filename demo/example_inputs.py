@@ -1,7 +1,7 @@
 """Write real images as each input kind `maskgit tokenize` reads, plus a catalogue of bad files.
 
 For the quickstart, tests and benchmarks: the same images as an ImageNet-style folder tree
-(`pipeline.example_data.write_image_folder`), as WebDataset tar shards (`<key>.png` + `<key>.cls`), or
+(`demo.example_data.write_image_folder`), as WebDataset tar shards (`<key>.png` + `<key>.cls`), or
 as Parquet files (Hugging Face's `{"bytes", "path"}` image struct + `label` + `image_id`), at a local
 path or an `s3://` URL. `write_bad_images` derives every kind of troublesome input from one real image:
 those that can become RGB and those that must land in the rejects file.

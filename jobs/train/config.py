@@ -1,4 +1,4 @@
-"""Settings of the training job, shared by the driver (`jobs/train.py`) and the workers.
+"""Settings of the training job, shared by the driver (`jobs/train/driver.py`) and the workers.
 
 One frozen dataclass travels to every Ray Train worker as its `config` argument (STYLE.md §9); the
 defaults are the reference's recipe (maskgit_spec.md §C1): AdamW lr 1e-4, betas (0.9, 0.96), weight
@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.deepspeed_config import PRECISIONS, OptimizerSettings
+from jobs.train.deepspeed_config import PRECISIONS, OptimizerSettings
 
 
 @dataclass(frozen=True)

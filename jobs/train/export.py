@@ -17,8 +17,8 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from jobs.checkpoints import CheckpointError, CheckpointStore, step_dirname
-from jobs.storage_options import add_storage_options_argument, parse_storage_options
+from jobs.options import add_storage_options_argument, parse_storage_options
+from jobs.train.checkpoints import CheckpointError, CheckpointStore, step_dirname
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def export_checkpoint(
         use_ema: export the EMA weights (default: when the run kept an EMA).
         storage_options: fsspec options for both locations.
     """
-    from jobs.deepspeed_config import select_accelerator
+    from jobs.train.deepspeed_config import select_accelerator
 
     select_accelerator()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

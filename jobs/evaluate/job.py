@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.metrics import FID_SQRT_METHODS
-from jobs.evaluate_config import SAMPLING_KNOBS, EvaluateOptions
+from jobs.evaluate.options import SAMPLING_KNOBS, EvaluateOptions
 
 GRID_CLASSES, GRID_PER_CLASS = 10, 8
 
@@ -313,7 +313,7 @@ def run_evaluate(options: EvaluateOptions) -> dict:
 
 
 def _run_cli(args) -> int:
-    from jobs.storage_options import parse_storage_options
+    from jobs.options import parse_storage_options
 
     names = {field.name for field in dataclasses.fields(EvaluateOptions)}
     values = {name: getattr(args, name) for name in names if hasattr(args, name)}
@@ -329,8 +329,8 @@ def _run_cli(args) -> int:
 
 
 def register(subparsers) -> None:
-    """Add the `evaluate` subcommand, and `fid-stats` (jobs.fid_stats) that makes its reference."""
-    from jobs import fid_stats
+    """Add the `evaluate` subcommand, and `fid-stats` (jobs.evaluate.fid_stats) that makes its reference."""
+    from jobs.evaluate import fid_stats
 
     defaults = EvaluateOptions("", "", "", "")
     parser = subparsers.add_parser(

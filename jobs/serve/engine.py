@@ -9,7 +9,7 @@ uploaded image with `jobs.sample.blend_edit` (upsampled token mask, Gaussian blu
 from that image's seed, a request's images do not depend on what it was batched with. The output
 kind is not part of the key: token requests share the sampler call and just skip the decoder.
 
-No Ray here (STYLE.md §8/§10): the Serve deployment in `jobs/serve.py` is a thin adapter that feeds
+No Ray here (STYLE.md §8/§10): the Serve deployment in `jobs/serve/app.py` is a thin adapter that feeds
 this class, and tests and the benchmark call it directly.
 
 Dimensions: B images in a group, H×W pixels, h×w token grid, f = H / h.

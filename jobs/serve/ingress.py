@@ -1,7 +1,7 @@
 """The service's HTTP face: a FastAPI app that validates requests and hands `SampleJob`s to a sampler.
 
 `build_http_app(sampler, info, options)` returns the app the Serve ingress deployment serves
-(`jobs/serve.py`). Routes (under the application's route prefix):
+(`jobs/serve/app.py`). Routes (under the application's route prefix):
 
     POST /v1/generate   class-conditional images (`GenerateRequest`)
     POST /v1/inpaint    regenerate a box or mask of an image, pixel-blended at the border (`InpaintRequest`)
@@ -35,8 +35,8 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs.serve_engine import JobFailure, JobOutput, SampleJob, pixel_mask_to_token_region
-from jobs.serve_schema import (
+from jobs.serve.engine import JobFailure, JobOutput, SampleJob, pixel_mask_to_token_region
+from jobs.serve.schema import (
     MAX_SEED,
     ErrorResponse,
     GenerateRequest,

@@ -1,12 +1,12 @@
 """The sampling service's contract: deployment options, and the HTTP request and response models.
 
 `ServeOptions` is everything a deployment is built from (checkpoint folders, limits, batching,
-replicas, GPUs); `maskgit serve` flags, the `args:` of `jobs/serve_config.yaml` and
-`serve run jobs.serve:app_builder key=value` all end up here, so unknown or mistyped keys fail in one
+replicas, GPUs); `maskgit serve` flags, the `args:` of `jobs/serve/config.yaml` and
+`serve run jobs.serve.app:app_builder key=value` all end up here, so unknown or mistyped keys fail in one
 place with a message that names them.
 
 The request models forbid unknown fields and check every knob whose range does not depend on the
-loaded model; the ingress (`jobs/serve_http.py`) checks the rest (class ids against the model's
+loaded model; the ingress (`jobs/serve/ingress.py`) checks the rest (class ids against the model's
 classes, `steps` and image counts against the limits, image sizes against the model's resolution).
 No request field names a server-side path: clients send numbers and base64 images only.
 

@@ -2,7 +2,7 @@
 
 The driver checks the token store against the model config (codebook size, grid, classes) before any
 worker starts, runs a Ray Train `TorchTrainer` whose workers each run one DeepSpeed engine
-(`jobs.train_worker.train_loop`), and at the end exports the weights in our folder format (EMA weights
+(`jobs.train.worker.train_loop`), and at the end exports the weights in our folder format (EMA weights
 when the run kept an EMA) next to the run's metrics and loss curve. The same command works embedded
 (a local Ray is started) and through `ray job submit -- maskgit train ...` on a running cluster.
 """
@@ -14,9 +14,9 @@ import hashlib
 import logging
 from typing import NamedTuple
 
-from jobs.deepspeed_config import OptimizerSettings
-from jobs.storage_options import add_storage_options_argument, parse_storage_options
-from jobs.train_config import TrainJobConfig
+from jobs.options import add_storage_options_argument, parse_storage_options
+from jobs.train.config import TrainJobConfig
+from jobs.train.deepspeed_config import OptimizerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def check_store_matches_model(config: TrainJobConfig):
         ValueError: the store is unreachable or not a token store, or its codebook size, grid or
             number of classes does not fit the model.
     """
-    from jobs.train_worker import model_config_for
+    from jobs.train.worker import model_config_for
     from pipeline.store import StoreError, open_token_store
 
     model = model_config_for(config)
@@ -84,8 +84,8 @@ def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> T
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jobs.export import export_checkpoint
-    from jobs.train_worker import train_loop
+    from jobs.train.export import export_checkpoint
+    from jobs.train.worker import train_loop
     from transformer.config import SamplingConfig
 
     SamplingConfig.from_dict(config.sampling)  # bad sampling defaults fail before any worker starts

@@ -16,8 +16,8 @@ import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from jobs.metrics_log import MetricsLog, plot_loss_curve, read_metrics
-from jobs.train_config import TrainJobConfig
+from jobs.train.config import TrainJobConfig
+from jobs.train.metrics_log import MetricsLog, plot_loss_curve, read_metrics
 
 logger = logging.getLogger(__name__)
 

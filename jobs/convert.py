@@ -1,9 +1,9 @@
-"""`maskgit convert-transformer`: a valeoai MaskGIT `.pth` -> our transformer folder.
+"""`maskgit convert-vqgan` and `maskgit convert-transformer`: released weights -> our folder format.
 
-A thin adapter over `transformer.convert` / `transformer.checkpoint`: the `.pth` is read without
-running pickles, loaded strictly (bad keys are named), and written as `config.json` +
-`model.safetensors` with the reference's sampling settings for its resolution, so `maskgit sample`
-decodes it the way the reference's README does.
+Thin adapters over `tokenizer.convert` (a taming `last.ckpt` + `model.yaml`) and `transformer.convert`
+(a valeoai MaskGIT `.pth`): each file is read without running pickles, loaded strictly (bad keys
+are named), and written as `config.json` + `model.safetensors`; the transformer gets the reference's
+sampling settings for its resolution, so `maskgit sample` decodes it the way the reference's README does.
 """
 
 from __future__ import annotations
@@ -12,7 +12,21 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `convert-transformer` subcommand."""
+    """Add the `convert-vqgan` and `convert-transformer` subcommands."""
+    convert = subparsers.add_parser(
+        "convert-vqgan",
+        help="convert a taming-transformers VQGAN checkpoint (last.ckpt + model.yaml) into our format",
+        description="Read a taming/valeoai Lightning last.ckpt strictly (loss.* keys ignored) and write "
+        "OUT_DIR/config.json + OUT_DIR/model.safetensors.",
+    )
+    convert.add_argument("checkpoint", help="taming last.ckpt (or a bare state-dict .pt)")
+    convert.add_argument("out_dir", help="output folder for config.json + model.safetensors")
+    convert.add_argument(
+        "--config",
+        help="taming model.yaml (default: beside the checkpoint, or ../configs/model.yaml)",
+    )
+    convert.set_defaults(run=run_convert_vqgan)
+
     convert = subparsers.add_parser(
         "convert-transformer",
         help="convert a valeoai MaskGIT transformer checkpoint (.pth) into our folder format",
@@ -37,10 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=16,
         help="attention heads (16 in every reference size; not in the shapes)",
     )
-    convert.set_defaults(run=run_convert)
+    convert.set_defaults(run=run_convert_transformer)
 
 
-def run_convert(args: argparse.Namespace) -> int:
+def run_convert_vqgan(args: argparse.Namespace) -> int:
+    from tokenizer.checkpoint import weights_digest
+    from tokenizer.convert import convert_taming_checkpoint
+
+    out_dir = convert_taming_checkpoint(args.checkpoint, args.out_dir, config=args.config)
+    print(f"wrote {out_dir} (weights sha256 {weights_digest(out_dir)})")
+    return 0
+
+
+def run_convert_transformer(args: argparse.Namespace) -> int:
     from transformer.checkpoint import load_state_dict_strictly, save_transformer
     from transformer.convert import read_reference_checkpoint
     from transformer.model import MaskTransformer

@@ -1,6 +1,6 @@
 """`maskgit serve`: the Ray Serve sampler, an HTTP ingress in front of a batching model deployment.
 
-Two deployments, thin adapters over `jobs/serve_engine.py` and `jobs/serve_http.py` (STYLE.md §10):
+Two deployments, thin adapters over `jobs/serve/engine.py` and `jobs/serve/ingress.py` (STYLE.md §10):
 
 * `MaskGITSampler` holds a `SamplerEngine` (transformer + VQGAN, loaded once per replica). Its
   `@serve.batch` queue counts **images**, not requests (`batch_size_fn=count_images`): requests are
@@ -19,13 +19,13 @@ Scaling: `replicas` fixed sampler replicas, or autoscaling with `max_replicas` (
 `autoscaling_config`: `min_replicas` … `max_replicas`, `target_ongoing_requests = max_batch_images`,
 i.e. add a replica when each has about a full batch waiting). `num_gpus` per replica (fractions
 share a GPU) with `autocast_bf16` for bfloat16; CPU otherwise. A `deployments:` section in a Serve
-config file (see `jobs/serve_config.yaml`) overrides these per deployment.
+config file (see `jobs/serve/config.yaml`) overrides these per deployment.
 
 Entry points:
 
     maskgit serve --transformer DIR --tokenizer DIR [--port 8000] [--duration S | --detach]
-    serve run jobs/serve_config.yaml                    # or: serve deploy jobs/serve_config.yaml
-    serve run jobs.serve:app_builder transformer=DIR tokenizer=DIR
+    serve run jobs/serve/config.yaml                    # or: serve deploy jobs/serve/config.yaml
+    serve run jobs.serve.app:app_builder transformer=DIR tokenizer=DIR
     url = start_server(ServeOptions(transformer=..., tokenizer=...))   # from Python
 """
 
@@ -39,7 +39,7 @@ import time
 import typing
 from typing import Any
 
-from jobs.serve_schema import ServeOptions
+from jobs.serve.schema import ServeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def _deployments():
     """The two deployment classes (built on first use so `maskgit --help` never imports Ray)."""
     from ray import serve
 
-    from jobs.serve_engine import JobFailure, JobOutput, SampleJob, SamplerEngine, count_images
-    from jobs.serve_http import build_http_app
+    from jobs.serve.engine import JobFailure, JobOutput, SampleJob, SamplerEngine, count_images
+    from jobs.serve.ingress import build_http_app
 
     @serve.deployment(name=SAMPLER_DEPLOYMENT)
     class MaskGITSampler:
@@ -143,7 +143,7 @@ def build_app(options: ServeOptions):
 
 
 def app_builder(args: dict[str, Any]):
-    """Application builder for `serve run jobs.serve:app_builder key=value …` and the YAML's `args`."""
+    """Application builder for `serve run jobs.serve.app:app_builder key=value …` and the YAML's `args`."""
     return build_app(ServeOptions.from_dict(dict(args)))
 
 

@@ -1,4 +1,4 @@
-"""The settings of one `maskgit evaluate` run (validated on construction; see jobs.evaluate)."""
+"""The settings of one `maskgit evaluate` run (validated on construction; see jobs.evaluate.job)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from evaluation.features import EVALUATORS
-from jobs.storage_options import add_storage_options_argument, parse_storage_options
+from jobs.options import add_storage_options_argument, parse_storage_options
 
 log = logging.getLogger(__name__)
 

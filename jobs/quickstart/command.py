@@ -93,7 +93,7 @@ class Quickstart:
         import ray
 
         if self.options.s3:
-            from jobs.s3server import LocalS3Server
+            from demo.s3server import LocalS3Server
 
             self.s3 = LocalS3Server(data_dir=self.out / "s3-data", bucket="maskgit-quickstart").start()
             # Credentials reach every process (Ray workers included) through the standard AWS environment.
@@ -116,7 +116,7 @@ class Quickstart:
 
     # ------------------------------------------------------------------------------ stages
     def data(self) -> dict:
-        from pipeline.example_data import (
+        from demo.example_data import (
             FASHION_MNIST_CLASSES,
             balanced_subset,
             load_fashion_mnist,
@@ -148,8 +148,8 @@ class Quickstart:
         }
 
     def classifier(self) -> dict:
+        from demo.example_data import load_fashion_mnist, to_rgb
         from evaluation.classifier import classifier_accuracy, save_classifier, train_classifier
-        from pipeline.example_data import load_fashion_mnist, to_rgb
 
         images, labels = load_fashion_mnist("train")
         model = train_classifier(
@@ -214,9 +214,9 @@ class Quickstart:
         }
 
     def train(self, store: str, vqgan: str) -> dict:
-        from jobs.deepspeed_config import OptimizerSettings
-        from jobs.train import run_training
-        from jobs.train_config import TrainJobConfig
+        from jobs.train.config import TrainJobConfig
+        from jobs.train.deepspeed_config import OptimizerSettings
+        from jobs.train.driver import run_training
         from tokenizer import load_vqgan
 
         o = self.options
@@ -292,7 +292,7 @@ class Quickstart:
         }
 
     def fid_stats(self, heldout_folder: str) -> dict:
-        from jobs.fid_stats import FidStatsOptions, run_fid_stats
+        from jobs.evaluate.fid_stats import FidStatsOptions, run_fid_stats
 
         path = self.out / "heldout_stats_efflite0.npz"
         stats = run_fid_stats(
@@ -301,7 +301,7 @@ class Quickstart:
         return {"path": str(path), "images": stats.count, "evaluator": stats.evaluator}
 
     def evaluate(self, transformer: str, vqgan: str, stats: str, classifier: str) -> dict:
-        from jobs.evaluate import EvaluateOptions, run_evaluate
+        from jobs.evaluate.job import EvaluateOptions, run_evaluate
 
         record = run_evaluate(
             EvaluateOptions(
@@ -329,7 +329,7 @@ class Quickstart:
         from evaluation.classifier import load_classifier
         from evaluation.features import build_feature_extractor
         from evaluation.stats import FeatureStatistics
-        from jobs.ablation import ablation_markdown, default_settings, run_ablation
+        from jobs.quickstart.ablation import ablation_markdown, default_settings, run_ablation
         from tokenizer import load_vqgan
         from transformer.checkpoint import load_sampling_config, load_transformer
 
@@ -355,8 +355,8 @@ class Quickstart:
         import base64
         import urllib.request
 
-        from jobs.serve import start_server, stop_server
-        from jobs.serve_schema import ServeOptions
+        from jobs.serve.app import start_server, stop_server
+        from jobs.serve.schema import ServeOptions
 
         url = start_server(ServeOptions(transformer=transformer, tokenizer=vqgan, port=_free_port()))
         body = json.dumps({"class_id": 7, "count": 4, "seed": 0}).encode()

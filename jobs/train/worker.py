@@ -2,7 +2,7 @@
 
 Each Ray Train worker runs `train_loop(config_dict)`. It joins the process group Ray set up (gloo on
 CPU, nccl on GPU), builds the model from the config, wraps it in DeepSpeed (config from
-`jobs.deepspeed_config`), restores the latest complete checkpoint (model, optimizer, LR scheduler,
+`jobs.train.deepspeed_config`), restores the latest complete checkpoint (model, optimizer, LR scheduler,
 EMA, loader position, step) and trains with the objective of `transformer.objective` on batches of the
 streaming loader of `pipeline.dataset`.
 
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from jobs.checkpoints import CheckpointMeta, CheckpointStore, convert_to_universal, step_dirname
-from jobs.deepspeed_config import build_deepspeed_config, lr_multiplier
-from jobs.train_config import TrainJobConfig
+from jobs.train.checkpoints import CheckpointMeta, CheckpointStore, convert_to_universal, step_dirname
+from jobs.train.config import TrainJobConfig
+from jobs.train.deepspeed_config import build_deepspeed_config, lr_multiplier
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def train_loop(config_dict: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
-    from jobs.train_outputs import RunOutputs, write_sample_grid
+    from jobs.train.outputs import RunOutputs, write_sample_grid
     from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset
     from pipeline.stateful_loader import make_loader
 
@@ -116,7 +116,7 @@ def train_loop(config_dict: dict) -> None:
     engine = build_engine(config, model_config, load_universal=universal)
     ema = None
     if config.ema_decay is not None:
-        from jobs.ema import WeightEMA
+        from jobs.train.ema import WeightEMA
 
         ema = WeightEMA(engine.module, config.ema_decay)
 

@@ -1,0 +1,83 @@
+"""`--storage-options`: fsspec options for object storage, parsed the same way by every job.
+
+Credentials belong in the standard AWS environment (or an instance profile), not on a command line;
+this flag is for the rest (endpoint, region, retry settings). `@file.json` reads the JSON from a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+ENVIRONMENT_VARIABLE = "MASKGIT_STORAGE_OPTIONS"
+
+
+def add_storage_options_argument(parser: argparse.ArgumentParser) -> None:
+    """`--storage-options` as every job takes it: raw text, parsed by `parse_storage_options` after
+    argparse (so a bad value gets that function's message), defaulting to $MASKGIT_STORAGE_OPTIONS."""
+    parser.add_argument(
+        "--storage-options",
+        default=os.environ.get(ENVIRONMENT_VARIABLE),
+        help=f"fsspec options as JSON or @file.json: endpoint, retries (default ${ENVIRONMENT_VARIABLE}); "
+        "keep credentials in the AWS environment",
+    )
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    """`--storage-options` JSON (or @file) -> dict, None when not given.
+
+    Raises:
+        ValueError: not valid JSON, or not a JSON object.
+    """
+    if not text:
+        return None
+    if text.startswith("@"):
+        with open(text[1:]) as handle:
+            text = handle.read()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--storage-options is not valid JSON ({error.msg} at {error.pos})") from None
+    if not isinstance(value, dict):
+        raise ValueError("--storage-options must be a JSON object")
+    return value
+
+
+# --- sampling knobs: one declaration, the same flag names in every command ---------------------------
+
+SAMPLING_HELP = {
+    "steps": "decoding steps T (forward passes)",
+    "schedule": "masking schedule: arccos, cosine, linear, square, root, jax-cosine, ...",
+    "temperature": "divides the logits (the reference's sm_temp s is temperature 1/s)",
+    "gumbel_temperature": "Gumbel noise scale on confidences at the first step (decays to 0)",
+    "cfg_weight": "classifier-free guidance weight (0: conditional only)",
+    "cfg_schedule": "guidance over the steps: linear (0 -> w, reference) or constant",
+}
+
+
+def add_sampling_arguments(
+    parser: argparse.ArgumentParser, *, title: str | None = None, aliases: dict[str, str] | None = None
+) -> None:
+    """The sampling knobs as every command takes them; each defaults to None = "not given", so
+    `generation.resolve_sampling` falls back to the settings stored with the transformer.
+
+    Flags: --sample-steps, --schedule, --temperature, --gumbel-temperature, --cfg-weight, --cfg-schedule.
+    `aliases` adds an older spelling where it is unambiguous (`{"steps": "--steps"}` for `sample` and
+    `evaluate`; `train` uses --steps for optimizer steps).
+    """
+    group = parser.add_argument_group(title or "sampling (default: the settings stored with the transformer)")
+    aliases = aliases or {}
+    flags = {"steps": "--sample-steps"}
+    types = {"steps": int, "schedule": str, "cfg_schedule": str}
+    for knob, text in SAMPLING_HELP.items():
+        names = [flags.get(knob, "--" + knob.replace("_", "-"))]
+        if knob in aliases:
+            names.append(aliases[knob])
+        group.add_argument(*names, dest=knob, type=types.get(knob, float), default=None, help=text)
+
+
+def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """{knob: value or None} from a namespace parsed with `add_sampling_arguments`."""
+    return {knob: vars(args)[knob] for knob in SAMPLING_HELP}

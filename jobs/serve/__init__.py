@@ -1,0 +1,1 @@
+"""`maskgit serve`: the Ray Serve application (sampler deployment + HTTP ingress) and its config file."""

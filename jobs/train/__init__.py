@@ -1,0 +1,1 @@
+"""`maskgit train` and `maskgit export`: the Ray Train + DeepSpeed ZeRO training job and its checkpoints."""
