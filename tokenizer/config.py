@@ -36,6 +36,8 @@ class VQGANConfig:
         n_embed: number of codes K.
         beta: weight of the codebook term ‖q − sg(z)‖² in taming's "legacy" quantizer loss.
         norm_groups: GroupNorm groups (taming hard-codes 32; small presets use fewer).
+        family: the tokenizer family, always "vqgan" here (stored so a loader can tell the families
+            apart; configs saved before the field existed load as "vqgan").
     """
 
     resolution: int = 256
@@ -51,8 +53,11 @@ class VQGANConfig:
     n_embed: int = 1024
     beta: float = 0.25
     norm_groups: int = 32
+    family: str = "vqgan"
 
     def __post_init__(self) -> None:
+        if self.family != "vqgan":
+            raise ValueError(f"VQGANConfig.family must be 'vqgan', got {self.family!r}")
         # JSON and YAML give lists; keep the dataclass hashable and comparable by storing tuples.
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
@@ -171,3 +176,135 @@ def preset(name: str) -> VQGANConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown VQGAN preset {name!r}; known presets: {sorted(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class LlamaGenVQConfig:
+    """Architecture of a LlamaGen VQ tokenizer, the tokenizer of the valeoai v2 (Halton) models.
+
+    Defaults are the released `VQ-16` file (`vq_ds16_c2i.pt`): f = 16, 16,384 codes of width 8,
+    l2-normalised codes and latents (docs/reference.md#v2). Unlike taming's VQGAN the attention
+    placement does not depend on a resolution: it is always at the lowest level of the encoder
+    and the first level of the decoder, so no `resolution` field is needed.
+
+    Attributes:
+        in_channels: image channels in.
+        out_channels: image channels out.
+        ch: base channel count; level i has `ch * ch_mult[i]` channels.
+        ch_mult: channel multiplier per level; there are len(ch_mult) - 1 downsamplings.
+        num_res_blocks: ResnetBlocks per encoder level (the decoder has one more per level).
+        z_channels: encoder output channels (before `quant_conv`).
+        embed_dim: code vector width D (LlamaGen `codebook_embed_dim`).
+        n_embed: number of codes K (LlamaGen `codebook_size`).
+        beta: weight of the commitment term ‖sg(q) − z‖² (LlamaGen `commit_loss_beta`).
+        dropout: dropout inside ResnetBlocks.
+        norm_groups: GroupNorm groups (32 in LlamaGen; small presets use fewer).
+        family: always "llamagen-vq".
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 256
+    embed_dim: int = 8
+    n_embed: int = 16384
+    beta: float = 0.25
+    dropout: float = 0.0
+    norm_groups: int = 32
+    family: str = "llamagen-vq"
+
+    def __post_init__(self) -> None:
+        if self.family != "llamagen-vq":
+            raise ValueError(f"LlamaGenVQConfig.family must be 'llamagen-vq', got {self.family!r}")
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        for name in ("in_channels", "out_channels", "ch", "z_channels", "embed_dim", "n_embed"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"LlamaGenVQConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if not self.ch_mult or min(self.ch_mult) <= 0:
+            raise ValueError(
+                f"LlamaGenVQConfig.ch_mult must be non-empty positive integers, got {self.ch_mult}"
+            )
+        if self.num_res_blocks < 1:
+            raise ValueError(f"LlamaGenVQConfig.num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        widths = sorted({self.ch * m for m in self.ch_mult})
+        if self.norm_groups <= 0 or any(w % self.norm_groups for w in widths):
+            raise ValueError(
+                f"LlamaGenVQConfig.norm_groups {self.norm_groups} must divide every level width {widths}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LlamaGenVQConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def num_resolutions(self) -> int:
+        """Number of encoder/decoder levels."""
+        return len(self.ch_mult)
+
+    @property
+    def downsample_factor(self) -> int:
+        """Image side / token-grid side: 2^(len(ch_mult) - 1)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of codes K; token ids are 0..K-1."""
+        return self.n_embed
+
+    def grid_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (h, w) for an image of `height`×`width` pixels.
+
+        Raises:
+            ValueError: a side not divisible by `downsample_factor`.
+        """
+        f = self.downsample_factor
+        if height <= 0 or width <= 0 or height % f or width % f:
+            raise ValueError(
+                f"image size {height}x{width} is not a positive multiple of the downsampling factor {f}"
+            )
+        return height // f, width // f
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        return {
+            f.name: list(v) if isinstance(v, tuple) else v
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LlamaGenVQConfig:
+        """Inverse of `to_dict`; missing fields take the released VQ-16 values.
+
+        Raises:
+            ValueError: a key that is not a LlamaGenVQConfig field (named in the message).
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown LlamaGenVQConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> LlamaGenVQConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+
+LLAMAGEN_PRESETS: dict[str, LlamaGenVQConfig] = {
+    # Exactly the released LlamaGen VQ-16 (`vq_ds16_c2i.pt`): 71,883,403 parameters, 344 state-dict entries.
+    "llamagen-vq16": LlamaGenVQConfig(),
+    # 32 px (Fashion-MNIST) -> 8×8 tokens, 256 codes of width 8; CPU-sized like "tiny-f4".
+    "llamagen-tiny-f4": LlamaGenVQConfig(
+        ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=32, embed_dim=8, n_embed=256, norm_groups=8
+    ),
+    # 64 px -> 8×8 tokens; like "small-f8".
+    "llamagen-small-f8": LlamaGenVQConfig(
+        ch=48,
+        ch_mult=(1, 2, 2, 4),
+        num_res_blocks=1,
+        z_channels=96,
+        embed_dim=8,
+        n_embed=1024,
+        norm_groups=16,
+    ),
+}
