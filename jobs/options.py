@@ -1,15 +1,26 @@
-"""`--storage-options`: fsspec options for object storage, parsed the same way by every job.
+"""The command line's shared pieces: flags every command spells the same way, and one way to turn
+parsed flags into a command's frozen options dataclass.
 
-Credentials belong in the standard AWS environment (or an instance profile), not on a command line;
-this flag is for the rest (endpoint, region, retry settings). `@file.json` reads the JSON from a file.
+Every command declares its flags by hand in `register(subparsers)`, each with `dest` equal to a field
+name of its options dataclass; `options_from_args(Options, args)` builds the dataclass from them, and
+the command's typed `run_<command>(options)` does the work (the quickstart calls the same function).
+
+`--storage-options`: fsspec options for object storage. Credentials belong in the standard AWS
+environment (or an instance profile), not on a command line; this flag is for the rest (endpoint,
+region, retry settings). `@file.json` reads the JSON from a file.
+
+`--ray-address` (alias `--address`): the Ray cluster to join; see `jobs.ray_session` for the policy.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, TypeVar
+
+OptionsT = TypeVar("OptionsT")
 
 ENVIRONMENT_VARIABLE = "MASKGIT_STORAGE_OPTIONS"
 
@@ -44,6 +55,36 @@ def parse_storage_options(text: str | None) -> dict[str, Any] | None:
         raise ValueError("--storage-options must be a JSON object")
     return value
 
+
+
+def add_ray_address_argument(parser: argparse.ArgumentParser) -> None:
+    """`--ray-address` (alias `--address`) as every Ray command takes it; dest `ray_address`."""
+    parser.add_argument(
+        "--ray-address",
+        "--address",
+        dest="ray_address",
+        default=None,
+        help="Ray cluster to join ('auto': the one running on this node); default $RAY_ADDRESS, "
+        "else a local Ray",
+    )
+
+
+def options_from_args(cls: type[OptionsT], args: argparse.Namespace, **values: Any) -> OptionsT:
+    """Build the frozen dataclass `cls` from parsed flags whose `dest` is one of its field names.
+
+    `--storage-options` text becomes its dict here (`parse_storage_options`); `values` are fields
+    worked out from other flags, and override what the namespace holds. Fields without a flag keep
+    their defaults.
+
+    Raises:
+        ValueError: bad `--storage-options`, or a value the dataclass rejects.
+    """
+    parsed = vars(args)
+    fields = {field.name: parsed[field.name] for field in dataclasses.fields(cls) if field.name in parsed}
+    if isinstance(fields.get("storage_options"), str):
+        fields["storage_options"] = parse_storage_options(fields["storage_options"])
+    fields.update(values)
+    return cls(**fields)
 
 # --- sampling knobs: one declaration, the same flag names in every command ---------------------------
 

@@ -18,17 +18,19 @@ after every shard is committed. Credentials come from the standard AWS environme
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from jobs.options import add_storage_options_argument, parse_storage_options
+from jobs.options import add_ray_address_argument, add_storage_options_argument, options_from_args
+from jobs.ray_session import ray_session
 from pipeline.store import (
     FORMAT_VERSION,
     STORE_FORMATS,
@@ -39,6 +41,9 @@ from pipeline.store import (
     TokenShard,
     TokenStoreWriter,
 )
+
+if TYPE_CHECKING:
+    from pipeline.sources import SourcePlan
 
 log = logging.getLogger(__name__)
 
@@ -176,20 +181,6 @@ def _write_row(
 # --- driver ---------------------------------------------------------------------------------------
 
 
-def _start_ray(options: TokenizeOptions) -> bool:
-    """Join or start Ray; True when this call started it (and so must shut it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = options.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=True)
-    return True
-
-
 def _run_pending(options, pending, *, class_map, num_views, grid) -> dict[int, ShardCommit]:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -251,18 +242,24 @@ def _verified_commits(writer: TokenStoreWriter, indices: list[int]) -> dict[int,
         return {index: commit for index, commit in found if commit is not None}
 
 
-def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
-    """Tokenize `options.input` into the token store at `options.output`, resuming what is committed.
+class _Plan(NamedTuple):
+    """What the driver works out before any shard is tokenized."""
 
-    Raises:
-        FileNotFoundError: missing input or tokenizer.
-        ValueError: bad settings, or an existing store begun with other settings (StoreSettingsError).
-    """
+    sources: SourcePlan  # the shard tasks and what they were listed from
+    class_map: Any  # pipeline.sources.load_class_map's result, None: sorted folder names
+    identity: dict[str, Any]  # the tokenizer's config and weights sha256
+    codebook_size: int
+    grid: tuple[int, int]  # (h, w) tokens per image
+    views: tuple[str, ...]
+    settings: dict[str, Any]  # pinned in the store's _plan.json
+
+
+def _plan(options: TokenizeOptions) -> _Plan:
+    """List the input, identify the tokenizer and work out the settings the store pins."""
     from pipeline.sources import load_class_map, plan_sources
     from pipeline.tokenize import local_tokenizer_path, tokenizer_identity
     from tokenizer.config import VQGANConfig
 
-    started = time.perf_counter()
     so = options.storage_options
     class_map = load_class_map(options.class_map, so) if options.class_map else None
     plan = plan_sources(
@@ -292,53 +289,69 @@ def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
         "class_names": list(plan.class_names),
         "tokenizer": identity,
     }
-    writer = TokenStoreWriter(options.output, so)
-    writer.ensure_plan(settings)
-    commits = _verified_commits(writer, [task.index for task in plan.tasks])
-    pending = [task for task in plan.tasks if task.index not in commits]
+    return _Plan(plan, class_map, identity, config.codebook_size, grid, views, settings)
+
+
+def _commit_manifest(
+    options: TokenizeOptions, plan: _Plan, writer: TokenStoreWriter, ordered: list[ShardCommit]
+) -> StoreManifest:
+    """Write `manifest.json` over every shard's commit, last; returns the manifest."""
+    class_names = plan.sources.class_names
+    if not class_names:  # tar / Parquet without a class map: labels 0..max seen
+        top = max((c.extra or {}).get("max_label", -1) for c in ordered)
+        class_names = tuple(str(i) for i in range(top + 1))
+    return writer.commit(
+        StoreManifest(
+            store_format=options.store_format,
+            codebook_size=plan.codebook_size,
+            grid=plan.grid,
+            resolution=options.resolution,
+            views=plan.views,
+            tokenizer=plan.identity,
+            class_names=class_names,
+            shards=(),
+            sources=plan.sources.sources,
+            settings=plan.settings,
+            created_by="maskgit tokenize (maskgit-pipeline)",
+        ),
+        ordered,
+    )
+
+
+def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
+    """Tokenize `options.input` into the token store at `options.output`, resuming what is committed.
+
+    Raises:
+        FileNotFoundError: missing input or tokenizer.
+        ValueError: bad settings, or an existing store begun with other settings (StoreSettingsError).
+    """
+    started = time.perf_counter()
+    plan = _plan(options)
+    tasks = plan.sources.tasks
+    writer = TokenStoreWriter(options.output, options.storage_options)
+    writer.ensure_plan(plan.settings)
+    commits = _verified_commits(writer, [task.index for task in tasks])
+    pending = [task for task in tasks if task.index not in commits]
     log.info(
         "tokenize %s -> %s: %d shards planned, %d already committed, %d to do",
-        plan.sources[0],
+        plan.sources.sources[0],
         options.output,
-        len(plan.tasks),
+        len(tasks),
         len(commits),
         len(pending),
     )
     written = {}
     if pending:
-        owns_ray = _start_ray(options)
-        try:
-            written = _run_pending(options, pending, class_map=class_map, num_views=len(views), grid=grid)
-        finally:
-            if owns_ray:
-                import ray
-
-                ray.shutdown()
+        with ray_session(options.ray_address, num_cpus=options.num_cpus):
+            written = _run_pending(
+                options, pending, class_map=plan.class_map, num_views=len(plan.views), grid=plan.grid
+            )
     missing = [task.index for task in pending if task.index not in written]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} produced no commit; rerun the same command to resume")
     commits.update(written)
-    ordered = [commits[task.index] for task in plan.tasks]
-    class_names = plan.class_names
-    if not class_names:  # tar / Parquet without a class map: labels 0..max seen
-        top = max((c.extra or {}).get("max_label", -1) for c in ordered)
-        class_names = tuple(str(i) for i in range(top + 1))
-    manifest = writer.commit(
-        StoreManifest(
-            store_format=options.store_format,
-            codebook_size=config.codebook_size,
-            grid=grid,
-            resolution=options.resolution,
-            views=views,
-            tokenizer=identity,
-            class_names=class_names,
-            shards=(),
-            sources=plan.sources,
-            settings=settings,
-            created_by="maskgit tokenize (maskgit-pipeline)",
-        ),
-        ordered,
-    )
+    ordered = [commits[task.index] for task in tasks]
+    manifest = _commit_manifest(options, plan, writer, ordered)
     seconds = time.perf_counter() - started
     new_images = sum(commit.shard.num_samples for commit in written.values())
     return TokenizeSummary(
@@ -358,13 +371,8 @@ def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
 # --- command line ---------------------------------------------------------------------------------
 
 
-def _run_cli(args) -> int:
-    fields = {
-        name: getattr(args, name) for name in TokenizeOptions.__dataclass_fields__ if hasattr(args, name)
-    }
-    fields["storage_options"] = parse_storage_options(args.storage_options)
-    fields["store_format"] = args.format
-    summary = run_tokenize(TokenizeOptions(**fields))
+def _run_cli(args: argparse.Namespace) -> int:
+    summary = run_tokenize(options_from_args(TokenizeOptions, args))
     rate = f"{summary.images_per_s:.1f} images/s" if summary.shards_written else "nothing left to do"
     print(
         f"token store {summary.output}: {summary.images} images in {summary.shards} shards "
@@ -374,7 +382,8 @@ def _run_cli(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `tokenize` subcommand; every flag's dest is a `TokenizeOptions` field."""
     defaults = TokenizeOptions("", "", "")
     parser = subparsers.add_parser(
         "tokenize",
@@ -386,7 +395,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--output", required=True, help="token store URL (local path or s3://bucket/prefix)")
     parser.add_argument("--tokenizer", required=True, help="VQGAN folder or checkpoint (local or remote)")
-    parser.add_argument("--format", choices=STORE_FORMATS, default=defaults.store_format)
+    parser.add_argument("--format", dest="store_format", choices=STORE_FORMATS, default=defaults.store_format)
     parser.add_argument("--resolution", type=int, default=defaults.resolution)
     parser.add_argument("--flip", action="store_true", help="also store the horizontally flipped view")
     parser.add_argument("--shard-size", type=int, default=defaults.shard_size)
@@ -398,7 +407,7 @@ def register(subparsers) -> None:
     parser.add_argument("--num-cpus-per-actor", type=float, default=defaults.num_cpus_per_actor)
     parser.add_argument("--threads-per-actor", type=int, default=None)
     add_storage_options_argument(parser)
-    parser.add_argument("--ray-address", default=None, help="default: $RAY_ADDRESS, else a local Ray")
+    add_ray_address_argument(parser)
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.set_defaults(run=_run_cli)
