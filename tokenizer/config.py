@@ -1,7 +1,7 @@
 """VQGAN configuration: a frozen dataclass whose defaults are the taming-transformers f16/1024 model.
 
 The defaults reproduce taming's `configs/imagenet_vqgan.yaml` ("vqgan_imagenet_f16_1024"), the tokenizer
-of the valeoai MaskGIT reproduction (shared/reference/maskgit_spec.md, section A1). Field names follow
+of the valeoai MaskGIT reproduction (docs/reference.md#tokenizer). Field names follow
 taming's `ddconfig` (`out_ch` is spelled `out_channels` here; `convert.py` maps the names). Small presets
 train in minutes on CPU for 28-64 px data.
 

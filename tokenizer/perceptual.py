@@ -3,7 +3,7 @@
 taming trains its VQGAN with LPIPS (Zhang et al. 2018): VGG16 features at relu1_2 … relu5_3, each
 unit-normalised over channels, squared differences weighted by learned 1×1 "linear heads", averaged over
 space and summed over layers. No VGG16 ImageNet weights can be obtained offline here
-(shared/reference/offline_assets.md), so:
+(docs/architecture.md#platform-notes, "Offline assets"), so:
 
 - `EfficientNetPerceptualLoss` (default) applies the same recipe without learned heads (LPIPS's
   "baseline" variant: plain channel sums) to five stages of the ImageNet EfficientNet-Lite0 that ships

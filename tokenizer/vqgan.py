@@ -1,8 +1,8 @@
 """The taming-transformers VQGAN (Esser et al. 2021) with taming's module and state-dict names.
 
 Follows taming `modules/diffusionmodules/model.py` (Encoder, Decoder, ResnetBlock, AttnBlock, Upsample,
-Downsample) and `modules/vqvae/quantize.py` (VectorQuantizer2, legacy=True), as specified in
-shared/reference/maskgit_spec.md section A1, so the released `vqgan_imagenet_f16_1024` state dict loads
+Downsample) and `modules/vqvae/quantize.py` (VectorQuantizer2, legacy=True), as described in
+docs/reference.md#tokenizer, so the released `vqgan_imagenet_f16_1024` state dict loads
 1:1 (see `convert.py`). Attention uses `scaled_dot_product_attention`, which computes the reference's
 single-head softmax(q·kᵀ/√C)·v with the same q, k, v, proj_out 1×1 convs.
 
