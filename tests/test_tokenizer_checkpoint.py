@@ -13,7 +13,7 @@ import torch
 from jobs.cli import main as cli_main
 from tokenizer.checkpoint import load_vqgan, save_vqgan, weights_digest
 from tokenizer.config import VQGANConfig, preset
-from tokenizer.convert import config_from_taming_yaml, convert_taming_checkpoint, load_taming_vqgan
+from tokenizer.convert import config_from_taming_yaml
 from tokenizer.vqgan import VQGAN
 
 # taming's configs/imagenet_vqgan.yaml layout (the released model.yaml), with {placeholders}.
@@ -233,14 +233,10 @@ def test_explicit_config_yaml_or_dataclass(tmp_path, small_model):
     with pytest.raises(ValueError, match=r"no model\.yaml"):
         load_vqgan(tmp_path / "last.ckpt")
     (tmp_path / "elsewhere.yaml").write_text(taming_yaml(SMALL_TAMING))
-    same_outputs(
-        small_model, load_taming_vqgan(tmp_path / "last.ckpt", config=tmp_path / "elsewhere.yaml"), x_batch()
-    )
+    loaded = load_vqgan(tmp_path / "last.ckpt", config=tmp_path / "elsewhere.yaml")
+    same_outputs(small_model, loaded, x_batch())
     same_outputs(small_model, load_vqgan(tmp_path / "last.ckpt", config=SMALL_TAMING), x_batch())
-    out = convert_taming_checkpoint(
-        tmp_path / "last.ckpt", tmp_path / "ours", config=tmp_path / "elsewhere.yaml"
-    )
-    same_outputs(small_model, load_vqgan(out), x_batch())
+    same_outputs(small_model, load_vqgan(save_vqgan(loaded, tmp_path / "ours")), x_batch())
 
 
 def test_loss_keys_are_ignored_and_bare_state_dicts_load(tmp_path, small_model):
@@ -264,18 +260,20 @@ def test_renamed_missing_and_reshaped_keys_are_named(tmp_path, small_model):
     def rename(sd):
         sd["encoder.mid.attn_1.query.weight"] = sd.pop("encoder.mid.attn_1.q.weight")
 
-    with pytest.raises(ValueError, match=r"missing keys \[encoder\.mid\.attn_1\.q\.weight\]") as error:
+    with pytest.raises(ValueError, match=r"1 missing key: encoder\.mid\.attn_1\.q\.weight") as error:
         load_vqgan(_edited_checkpoint(tmp_path, small_model, rename))
-    assert "unexpected keys [encoder.mid.attn_1.query.weight]" in str(error.value)
+    assert "1 unexpected key: encoder.mid.attn_1.query.weight" in str(error.value)
 
-    with pytest.raises(ValueError, match=r"missing keys \[quantize\.embedding\.weight\]"):
+    with pytest.raises(ValueError, match=r"1 missing key: quantize\.embedding\.weight"):
         load_vqgan(_edited_checkpoint(tmp_path, small_model, lambda sd: sd.pop("quantize.embedding.weight")))
 
     def reshape(sd):
         sd["post_quant_conv.weight"] = torch.zeros(32, 8, 1, 1)
 
     with pytest.raises(
-        ValueError, match=r"post_quant_conv\.weight: checkpoint \(32, 8, 1, 1\) vs model \(32, 16, 1, 1\)"
+        ValueError,
+        match=r"1 mis-shaped key: post_quant_conv\.weight "
+        r"\(checkpoint \(32, 8, 1, 1\), model \(32, 16, 1, 1\)\)",
     ):
         load_vqgan(_edited_checkpoint(tmp_path, small_model, reshape))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 
@@ -15,6 +16,7 @@ from transformer import (
     MaskTransformer,
     SamplingConfig,
     TransformerConfig,
+    load_class_names,
     load_sampling_config,
     load_transformer,
     save_transformer,
@@ -62,10 +64,14 @@ def write_reference_pth(path, model: MaskTransformer, *, prefix: str = "") -> No
 def test_our_folder_round_trips_weights_config_and_sampling(tmp_path):
     model = trained_looking_model()
     sampling = SamplingConfig(steps=12, schedule="cosine", temperature=0.8, cfg_weight=1.5)
-    folder = save_transformer(model, tmp_path / "ckpt", sampling=sampling)
+    names = ("shirt", "shoe", "bag", "coat", "dress")
+    folder = save_transformer(model, tmp_path / "ckpt", sampling=sampling, class_names=names)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     document = json.loads((folder / "config.json").read_text())
-    assert document["format"] == "maskgit-transformer" and document["model"] == CONFIG.to_dict()
+    assert document["format"] == "maskgit-transformer" and document["version"] == 2
+    assert document["config"] == CONFIG.to_dict() and document["class_names"] == list(names)
+    weights_bytes = (folder / "model.safetensors").read_bytes()
+    assert document["weights_sha256"] == hashlib.sha256(weights_bytes).hexdigest()
     loaded = load_transformer(folder)
     assert loaded.config == CONFIG and not loaded.training
     with torch.no_grad():
@@ -73,6 +79,10 @@ def test_our_folder_round_trips_weights_config_and_sampling(tmp_path):
     assert load_sampling_config(folder) == sampling
     assert load_sampling_config(folder / "config.json") == sampling
     assert load_transformer(folder / "model.safetensors").config == CONFIG
+    assert load_class_names(folder) == names
+    assert load_class_names(save_transformer(model, tmp_path / "unnamed")) is None
+    with pytest.raises(ValueError, match="3 class names given for a model of 5 classes"):
+        save_transformer(model, tmp_path / "bad", class_names=names[:3])
 
 
 def test_wrapped_models_are_unwrapped_before_saving(tmp_path):
@@ -148,13 +158,13 @@ def test_bad_keys_are_named(tmp_path):
         (
             "missing",
             lambda s: s.pop("transformer.layers.1.0.fn.mha.in_proj_weight"),
-            "missing keys: transformer.layers.1.0.fn.mha.in_proj_weight",
+            "1 missing key: transformer.layers.1.0.fn.mha.in_proj_weight",
         ),
-        ("unexpected", lambda s: s.update({"head.weight": torch.zeros(3)}), "unexpected keys: head.weight"),
+        ("unexpected", lambda s: s.update({"head.weight": torch.zeros(3)}), "1 unexpected key: head.weight"),
         (
             "shape",
             lambda s: s.update({"last_layer.2.bias": torch.zeros(33)}),
-            r"last_layer.2.bias: checkpoint \(33,\) vs model \(32,\)",
+            r"1 mis-shaped key: last_layer.2.bias \(checkpoint \(33,\), model \(32,\)\)",
         ),
     ):
         broken = dict(state)

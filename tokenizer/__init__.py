@@ -5,7 +5,7 @@ Public API:
     VQGAN, VQGANOutput                    -- tokenizer.vqgan
     save_vqgan, load_vqgan, weights_digest -- tokenizer.checkpoint
 
-Also (import from their modules): `tokenizer.convert` (taming `last.ckpt` + `model.yaml` -> ours),
+Also (import from their modules): `tokenizer.convert` (reads taming `last.ckpt` + `model.yaml`),
 `tokenizer.train` (TokenizerTrainingConfig, train_tokenizer -> TrainingSummary), `tokenizer.quality`
 (measure_reconstruction, save_reconstruction_grid), and the training pieces `losses`, `discriminator`,
 `perceptual`, `codebook`.

@@ -1,16 +1,18 @@
 """Reader of foreign VQGAN checkpoints: taming-transformers Lightning `last.ckpt` + `model.yaml`.
 
-The only module that reads foreign formats (shared/STYLE.md §3). The released valeoai tokenizer is
-taming's `vqgan_imagenet_f16_1024` (shared/reference/maskgit_spec.md A1): a PyTorch-Lightning
-checkpoint whose `state_dict` holds the VQModel weights plus `loss.*` entries (LPIPS and discriminator),
-next to a `model.yaml` (`model.params.{embed_dim, n_embed, ddconfig}`).
+The only module that reads a foreign tokenizer format (docs/architecture.md, "Weights"). It only
+reads: `read_taming_checkpoint` returns the config and the state dict, `tokenizer.checkpoint.load_vqgan`
+builds the model from them, and the `maskgit convert-vqgan` command writes our folder. The released
+valeoai tokenizer is taming's `vqgan_imagenet_f16_1024` (docs/reference.md#tokenizer): a
+PyTorch-Lightning checkpoint whose `state_dict` holds the VQModel weights plus `loss.*` entries
+(LPIPS and discriminator), next to a `model.yaml` (`model.params.{embed_dim, n_embed, ddconfig}`).
 
 Safety and strictness:
 - `.ckpt` files are read with `torch.load(weights_only=True)`. Old Lightning pickles the
   ModelCheckpoint *class* as a dict key of `callbacks`; only those names are allow-listed, bound to an
   inert stand-in class. Any other global is refused with a message naming it.
-- `loss.*` keys are dropped; every other missing or unexpected key, or a shape mismatch, is an error
-  that names it. A corrupt or truncated file is an error naming the file.
+- `loss.*` keys are dropped; the loader then checks every other key and shape strictly. A corrupt or
+  truncated file is an error naming the file.
 """
 
 from __future__ import annotations
@@ -20,14 +22,12 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import yaml
 
-from tokenizer.checkpoint import load_state_dict_strictly, save_vqgan
 from tokenizer.config import VQGANConfig
-from tokenizer.vqgan import VQGAN
 
 IGNORED_PREFIXES = ("loss.",)
 
@@ -193,42 +193,33 @@ def _resolve_config(checkpoint: Path, config: VQGANConfig | str | os.PathLike | 
     return config_from_taming_yaml(found)
 
 
-def load_taming_vqgan(
+class TamingCheckpoint(NamedTuple):
+    """A taming checkpoint read into our terms; `state_dict` has our key names (no `loss.*`)."""
+
+    config: VQGANConfig
+    state_dict: dict[str, torch.Tensor]
+
+
+def read_taming_checkpoint(
     checkpoint: str | os.PathLike,
     *,
     config: VQGANConfig | str | os.PathLike | None = None,
     map_location: str | torch.device = "cpu",
-) -> VQGAN:
-    """Build a VQGAN from a taming checkpoint, strictly, in eval mode.
+) -> TamingCheckpoint:
+    """The VQGANConfig and the model tensors of a taming checkpoint (not yet checked against each other).
 
     Args:
-        checkpoint: Lightning `last.ckpt` or a bare state-dict file.
+        checkpoint: Lightning `last.ckpt` or a bare state-dict file, on the local disk.
         config: a VQGANConfig, a path to taming's `model.yaml`, or None to find `model.yaml` beside
             the checkpoint (see `find_taming_config`).
-        map_location: device for the weights.
+        map_location: device for the tensors.
 
     Raises:
         FileNotFoundError: missing checkpoint or config file.
-        ValueError: no config found, corrupt file, or any key/shape mismatch (named).
+        ValueError: no config found, a corrupt file, or an unsupported taming option (named).
     """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    model = VQGAN(_resolve_config(checkpoint, config))
-    state_dict = read_taming_state_dict(checkpoint, map_location=map_location)
-    load_state_dict_strictly(model, state_dict, source=str(checkpoint))
-    return model.to(map_location).eval()
-
-
-def convert_taming_checkpoint(
-    checkpoint: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    config: VQGANConfig | str | os.PathLike | None = None,
-) -> Path:
-    """Convert a taming checkpoint into our folder format (`config.json` + `model.safetensors`).
-
-    Returns:
-        `out_dir`.
-    """
-    return save_vqgan(load_taming_vqgan(checkpoint, config=config), out_dir)
+    resolved = _resolve_config(checkpoint, config)
+    return TamingCheckpoint(resolved, read_taming_state_dict(checkpoint, map_location=map_location))

@@ -8,11 +8,12 @@ Pure torch; imports nothing else of ours. Public API:
 * `mask_tokens`, `masked_token_loss`, `ObjectiveOutput` (objective.py)
 * `sample`, `SampleResult` (sample.py)
 * `inpaint`, `outpaint`, `class_guided_edit`, `latent_box` (editing.py)
-* `save_transformer`, `load_transformer`, `load_sampling_config` (checkpoint.py; reference `.pth`
-  files are read by convert.py)
+* `save_transformer`, `load_transformer`, `load_sampling_config`, `load_class_names` (checkpoint.py;
+  reference `.pth` files are read by convert.py)
 """
 
 from transformer.checkpoint import (
+    load_class_names,
     load_sampling_config,
     load_transformer,
     read_transformer_config,
@@ -41,6 +42,7 @@ __all__ = [
     "class_guided_edit",
     "inpaint",
     "latent_box",
+    "load_class_names",
     "load_sampling_config",
     "load_transformer",
     "mask_ratio",

@@ -1,174 +1,216 @@
-"""Our transformer checkpoint format, and one `load_transformer` for it and for the reference `.pth`.
+"""The transformer in our weight format, and one `load_transformer` for it and for the reference `.pth`.
 
-A checkpoint is a folder (the Hugging Face habit, STYLE.md §3)::
+A checkpoint is a folder written by `weights.save_folder` (docs/architecture.md, "Weights")::
 
-    config.json          {"format": "maskgit-transformer", "version": 1,
-                          "model": TransformerConfig fields, "sampling": SamplingConfig fields}
+    config.json          {"format": "maskgit-transformer", "version": 2,
+                          "config": TransformerConfig fields, "weights_sha256": ...,
+                          "sampling": SamplingConfig fields, "class_names": [...] or null}
     model.safetensors    the state dict, with the reference's key names
 
-The sampling defaults travel with the weights so `maskgit sample` and the server decode the way
-the exporter intended. Wrapped models (DDP, DeepSpeed engines, `torch.compile`) are unwrapped before
-saving. Loading is strict: a missing, unexpected or mis-shaped key is an error that names it.
+The sampling defaults and the class names travel with the weights, so `maskgit sample` and the
+server decode the way the exporter intended and can label their outputs. Version 1 folders (config
+under "model", no class names) still load. Wrapped models (DDP, DeepSpeed engines, `torch.compile`)
+are unwrapped before saving. Loading is strict: a missing, unexpected or mis-shaped key is an error
+that names it. Every path may be local or an fsspec URL (`s3://bucket/run/export`).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from transformer.config import SamplingConfig, TransformerConfig
-from transformer.convert import REFERENCE_NUM_HEADS, read_reference_checkpoint
+from transformer.convert import REFERENCE_NUM_HEADS, ReferenceCheckpoint, read_reference_checkpoint
 from transformer.model import MaskTransformer, unwrap_model
+from weights import (
+    CONFIG_FILE,
+    FOLDER_VERSION,
+    WEIGHTS_FILE,
+    is_local,
+    is_model_folder,
+    load_folder_weights,
+    local_copy,
+    read_folder_config,
+    save_folder,
+)
+from weights import load_state_dict_strictly as _load_strictly
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "WEIGHTS_FILE",
+    "load_class_names",
+    "load_sampling_config",
+    "load_state_dict_strictly",
+    "load_transformer",
+    "read_transformer_config",
+    "save_transformer",
+]
 
 FORMAT_NAME = "maskgit-transformer"
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = FOLDER_VERSION
 _OUR_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+StorageOptions = Mapping[str, Any] | None
 
 
-def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """`model.load_state_dict(state_dict, strict=True)` with an error that lists every bad key.
+def load_state_dict_strictly(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """`weights.load_state_dict_strictly` with the MaskTransformer named in the message.
 
     Raises:
-        ValueError: naming missing keys, unexpected keys and shape mismatches (up to 10 of each).
+        ValueError: naming the missing, unexpected and mis-shaped keys and `source`.
     """
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape)
-    ]
-    problems = []
-    for label, items in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("shape mismatches", mismatched),
-    ):
-        if items:
-            more = f" … and {len(items) - 10} more" if len(items) > 10 else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:10])}{more}")
-    if problems:
-        raise ValueError(f"{source} does not match the MaskTransformer layout: " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
+    _load_strictly(model, state_dict, source, what="the MaskTransformer layout")
 
 
-def save_transformer(model: nn.Module, directory: str | Path, sampling: SamplingConfig | None = None) -> Path:
-    """Write `config.json` + `model.safetensors` into `directory` (created if needed).
+def save_transformer(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    sampling: SamplingConfig | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    storage_options: StorageOptions = None,
+) -> Path | str:
+    """Write `config.json` + `model.safetensors` into `directory` (created if needed), atomically.
 
     Args:
         model: a MaskTransformer, possibly wrapped (DDP, DeepSpeed engine, torch.compile).
-        directory: output folder.
+        directory: output folder, local or an fsspec URL.
         sampling: sampling defaults to store next to the weights (default: `SamplingConfig()`).
+        class_names: the name of each class id (C names), stored with the model.
+        storage_options: fsspec options for a URL.
 
     Returns:
-        the folder path.
+        the folder (a `Path` for a local folder, the URL otherwise).
+
+    Raises:
+        ValueError: `class_names` does not hold one name per class.
     """
     transformer = unwrap_model(model)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state_dict = {key: value.detach().cpu().contiguous() for key, value in transformer.state_dict().items()}
-    save_file(state_dict, directory / WEIGHTS_FILE, metadata={"format": "pt"})
-    document = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "model": transformer.config.to_dict(),
-        "sampling": (sampling or SamplingConfig()).to_dict(),
-    }
-    (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
-    return directory
+    names = None if class_names is None else [str(name) for name in class_names]
+    if names is not None and len(names) != transformer.config.num_classes:
+        raise ValueError(
+            f"{len(names)} class names given for a model of {transformer.config.num_classes} classes"
+        )
+    return save_folder(
+        directory,
+        format_name=FORMAT_NAME,
+        config=transformer.config.to_dict(),
+        state_dict=transformer.state_dict(),
+        extra={"sampling": (sampling or SamplingConfig()).to_dict(), "class_names": names},
+        storage_options=storage_options,
+    )
 
 
-def _our_folder(path: Path) -> Path | None:
+def _our_folder(path: str | os.PathLike, storage_options: StorageOptions) -> str | None:
     """The checkpoint folder if `path` is one of ours (or a file inside one), else None."""
-    if path.is_dir():
-        return path
-    if path.name in _OUR_FILES:
-        return path.parent
+    if is_model_folder(path, storage_options):
+        return os.fspath(path)
+    folder, _, name = os.fspath(path).rstrip("/").rpartition("/")
+    if is_local(path):
+        folder, name = os.fspath(Path(path).parent), Path(path).name
+    if name in _OUR_FILES and is_model_folder(folder, storage_options):
+        return folder
     return None
 
 
-def _read_config_document(folder: Path) -> dict:
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}; not a transformer checkpoint folder")
-    try:
-        document = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path}: invalid JSON ({error})") from error
-    if document.get("format") != FORMAT_NAME:
-        raise ValueError(f"{config_path}: format is {document.get('format')!r}, expected {FORMAT_NAME!r}")
-    if document.get("version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{config_path}: version {document.get('version')!r} is not supported ({FORMAT_VERSION})"
-        )
-    return document
+def _read_record(folder: str, storage_options: StorageOptions) -> dict[str, Any]:
+    return read_folder_config(folder, FORMAT_NAME, storage_options)
 
 
-def read_transformer_config(path: str | Path) -> TransformerConfig:
+@contextlib.contextmanager
+def _reference(
+    path: str | os.PathLike, storage_options: StorageOptions, **options: Any
+) -> Iterator[ReferenceCheckpoint]:
+    """The valeoai `.pth` at `path` (downloaded first when it is a URL)."""
+    if is_local(path) and not Path(path).exists():
+        raise FileNotFoundError(f"no transformer checkpoint at {path}")
+    if is_local(path) and Path(path).is_dir():
+        raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; not a transformer checkpoint folder")
+    with local_copy(path, storage_options) as local:
+        yield read_reference_checkpoint(local, **options)
+
+
+def read_transformer_config(
+    path: str | os.PathLike, storage_options: StorageOptions = None
+) -> TransformerConfig:
     """The `TransformerConfig` of a checkpoint (ours or a reference `.pth`) without building the model."""
-    path = Path(path)
-    folder = _our_folder(path)
+    folder = _our_folder(path, storage_options)
     if folder is not None:
-        return TransformerConfig.from_dict(_read_config_document(folder)["model"])
-    return read_reference_checkpoint(path).config
+        return TransformerConfig.from_dict(_read_record(folder, storage_options)["config"])
+    with _reference(path, storage_options) as reference:
+        return reference.config
 
 
 def load_transformer(
-    path: str | Path,
+    path: str | os.PathLike,
     *,
     num_classes: int | None = None,
     codebook_size: int | None = None,
     num_heads: int = REFERENCE_NUM_HEADS,
     map_location: str | torch.device = "cpu",
+    storage_options: StorageOptions = None,
 ) -> MaskTransformer:
     """Load a transformer from our folder format or from a valeoai `.pth`, strictly, in eval mode.
 
     Args:
-        path: our checkpoint folder (or its config.json / model.safetensors), or a reference `.pth`.
+        path: our checkpoint folder (or its config.json / model.safetensors), or a reference `.pth`;
+            local or an fsspec URL.
         num_classes: only for reference files with a non-released vocabulary (see `convert.py`).
         codebook_size: alternatively to `num_classes`.
         num_heads: only for reference files of a non-reference size (every reference size uses 16).
         map_location: device for the weights.
+        storage_options: fsspec options for URLs.
 
     Returns:
         MaskTransformer in eval mode.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no transformer checkpoint at {path}")
-    folder = _our_folder(path)
+    folder = _our_folder(path, storage_options)
     if folder is not None:
-        config = TransformerConfig.from_dict(_read_config_document(folder)["model"])
-        weights_path = folder / WEIGHTS_FILE
-        if not weights_path.is_file():
-            raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE}")
-        state_dict = load_file(weights_path, device=str(map_location))
-        source = str(weights_path)
+        config = TransformerConfig.from_dict(_read_record(folder, storage_options)["config"])
+        state_dict = load_folder_weights(folder, map_location, storage_options)
+        source = f"{folder}/{WEIGHTS_FILE}"
     else:
-        reference = read_reference_checkpoint(
-            path, num_classes=num_classes, codebook_size=codebook_size, num_heads=num_heads
-        )
-        config, state_dict, source = reference.config, reference.state_dict, str(path)
+        options = {"num_classes": num_classes, "codebook_size": codebook_size, "num_heads": num_heads}
+        with _reference(path, storage_options, **options) as reference:
+            config, state_dict, source = reference.config, reference.state_dict, os.fspath(path)
     model = MaskTransformer(config)
     load_state_dict_strictly(model, state_dict, source)
     return model.to(map_location).eval()
 
 
-def load_sampling_config(path: str | Path) -> SamplingConfig:
+def load_sampling_config(path: str | os.PathLike, storage_options: StorageOptions = None) -> SamplingConfig:
     """Sampling defaults stored with a checkpoint; reference `.pth` files get the reference's settings
     for their resolution (256: 8 steps, Gumbel 4.5, CFG 3; 512: 15 steps, Gumbel 7, CFG 2.8)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no transformer checkpoint at {path}")
-    folder = _our_folder(path)
+    folder = _our_folder(path, storage_options)
     if folder is not None:
-        stored = _read_config_document(folder).get("sampling")
+        stored = _read_record(folder, storage_options).get("sampling")
         return SamplingConfig.from_dict(stored) if stored else SamplingConfig()
-    return read_reference_checkpoint(path).sampling
+    with _reference(path, storage_options) as reference:
+        return reference.sampling
+
+
+def load_class_names(
+    path: str | os.PathLike, storage_options: StorageOptions = None
+) -> tuple[str, ...] | None:
+    """The class names stored with a checkpoint (one per class id), or None when none were stored.
+
+    Reference `.pth` files and version 1 folders carry no names (None).
+    """
+    folder = _our_folder(path, storage_options)
+    if folder is None:
+        if is_local(path) and not Path(path).exists():
+            raise FileNotFoundError(f"no transformer checkpoint at {path}")
+        return None
+    names = _read_record(folder, storage_options).get("class_names")
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{folder}/{CONFIG_FILE}: class_names must be a list of strings")
+    return tuple(names)

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformer.config import TransformerConfig
+from transformer.config import HaltonConfig, TransformerConfig
+from weights import unwrap_model as unwrap_any_model
 
 
 class PackedSelfAttention(nn.Module):
@@ -121,7 +122,52 @@ class TransformerEncoder(nn.Module):
         return x
 
 
-class MaskTransformer(nn.Module):
+class MaskPredictor(nn.Module):
+    """What every transformer family offers `sample()`, the training objective and the editors.
+
+    A subclass has a `config` with `grid_size`, `num_tokens`, `codebook_size`, `mask_token_id` and
+    `num_classes`, and is called as `model(tokens, class_ids, drop_label, *, positions=None,
+    with_mask_logit=False)` returning logits over the K codes (plus [MASK] on request), as
+    `MaskTransformer.forward` documents. Families: `MaskTransformer` (v1) and
+    `transformer.halton.HaltonTransformer` (v2).
+    """
+
+    config: TransformerConfig | HaltonConfig
+
+    def check_inputs(
+        self, tokens: torch.Tensor, class_ids: torch.Tensor, drop_label: torch.Tensor | None = None
+    ) -> None:
+        """Raise ValueError naming what is wrong with a batch of inputs (shape, dtype, value range)."""
+        config = self.config
+        grid = (config.grid_size, config.grid_size)
+        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != grid:
+            raise ValueError(f"tokens must have shape (B, {grid[0]}, {grid[1]}), got {tuple(tokens.shape)}")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be an integer tensor, got {tokens.dtype}")
+        if class_ids.shape != tokens.shape[:1]:
+            raise ValueError(
+                f"class_ids must have shape ({tokens.shape[0]},) to match tokens, "
+                f"got {tuple(class_ids.shape)}"
+            )
+        if drop_label is not None and drop_label.shape != tokens.shape[:1]:
+            raise ValueError(
+                f"drop_label must have shape ({tokens.shape[0]},) to match tokens, "
+                f"got {tuple(drop_label.shape)}"
+            )
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) > config.mask_token_id):
+            raise ValueError(
+                f"token ids must be in [0, {config.mask_token_id}] "
+                f"(codes, or {config.mask_token_id} = [MASK]); "
+                f"got values in [{int(tokens.min())}, {int(tokens.max())}]"
+            )
+        if class_ids.numel() and (int(class_ids.min()) < 0 or int(class_ids.max()) >= config.num_classes):
+            raise ValueError(
+                f"class ids must be in [0, {config.num_classes}), got values in "
+                f"[{int(class_ids.min())}, {int(class_ids.max())}]"
+            )
+
+
+class MaskTransformer(MaskPredictor):
     """The class-conditional MaskGIT transformer of the valeoai v1 reference.
 
     Call it as `model(tokens, class_ids, drop_label)` to get logits over the K codes.
@@ -155,38 +201,6 @@ class MaskTransformer(nn.Module):
             nn.GELU(),
             nn.LayerNorm(width, eps=1e-12),
         )
-
-    def check_inputs(
-        self, tokens: torch.Tensor, class_ids: torch.Tensor, drop_label: torch.Tensor | None = None
-    ) -> None:
-        """Raise ValueError naming what is wrong with a batch of inputs (shape, dtype, value range)."""
-        config = self.config
-        grid = (config.grid_size, config.grid_size)
-        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != grid:
-            raise ValueError(f"tokens must have shape (B, {grid[0]}, {grid[1]}), got {tuple(tokens.shape)}")
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"tokens must be an integer tensor, got {tokens.dtype}")
-        if class_ids.shape != tokens.shape[:1]:
-            raise ValueError(
-                f"class_ids must have shape ({tokens.shape[0]},) to match tokens, "
-                f"got {tuple(class_ids.shape)}"
-            )
-        if drop_label is not None and drop_label.shape != tokens.shape[:1]:
-            raise ValueError(
-                f"drop_label must have shape ({tokens.shape[0]},) to match tokens, "
-                f"got {tuple(drop_label.shape)}"
-            )
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) > config.mask_token_id):
-            raise ValueError(
-                f"token ids must be in [0, {config.mask_token_id}] "
-                f"(codes, or {config.mask_token_id} = [MASK]); "
-                f"got values in [{int(tokens.min())}, {int(tokens.max())}]"
-            )
-        if class_ids.numel() and (int(class_ids.min()) < 0 or int(class_ids.max()) >= config.num_classes):
-            raise ValueError(
-                f"class ids must be in [0, {config.num_classes}), got values in "
-                f"[{int(class_ids.min())}, {int(class_ids.max())}]"
-            )
 
     def hidden_states(
         self, tokens: torch.Tensor, class_ids: torch.Tensor, drop_label: torch.Tensor | None = None
@@ -273,14 +287,15 @@ class MaskTransformer(nn.Module):
         return self.logits_from_hidden(hidden, positions=positions, with_mask_logit=with_mask_logit)
 
 
-def unwrap_model(model: nn.Module) -> MaskTransformer:
-    """The `MaskTransformer` inside DDP / DeepSpeed (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    seen = 0
-    while not isinstance(model, MaskTransformer) and seen < 8:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            break
-        model, seen = inner, seen + 1
-    if not isinstance(model, MaskTransformer):
-        raise TypeError(f"expected a MaskTransformer (possibly wrapped), got {type(model).__name__}")
-    return model
+def unwrap_model(model: nn.Module) -> MaskPredictor:
+    """The transformer of any family inside DDP / DeepSpeed (`.module`) and compile (`._orig_mod`) wrappers.
+
+    Raises:
+        TypeError: what is inside the wrappers is not a `MaskPredictor` (MaskTransformer, HaltonTransformer).
+    """
+    inner = unwrap_any_model(model)
+    if not isinstance(inner, MaskPredictor):
+        raise TypeError(
+            f"expected a MaskTransformer or HaltonTransformer (possibly wrapped), got {type(inner).__name__}"
+        )
+    return inner

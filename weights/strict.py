@@ -1,0 +1,95 @@
+"""Strict state-dict loading and unwrapping of training wrappers, shared by every model we save.
+
+Loading is strict everywhere (docs/architecture.md, "Weights"): a missing, unexpected or mis-shaped
+key is an error that names it, instead of `load_state_dict(strict=False)` silently leaving random
+weights behind. Wrapped models (DDP and DeepSpeed engines keep the model in `.module`,
+`torch.compile` in `._orig_mod`) are unwrapped before saving, so nothing downstream sees a wrapper's
+key prefixes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+# How many keys of each kind an error message lists before "... and N more".
+SHOWN_KEYS = 10
+# Wrappers nest at most a few deep (DeepSpeed engine around a compiled module); a cycle must not hang.
+_MAX_WRAPPER_DEPTH = 8
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / DeepSpeed (`.module`) and torch.compile (`._orig_mod`) wrappers.
+
+    Args:
+        model: a module, possibly wrapped (several times).
+
+    Returns:
+        the innermost module; `model` itself when it is not wrapped.
+    """
+    for _ in range(_MAX_WRAPPER_DEPTH):
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module) or inner is model:
+            return model
+        model = inner
+    return model
+
+
+def _listed(label: str, items: list[str]) -> str:
+    more = f", ... and {len(items) - SHOWN_KEYS} more" if len(items) > SHOWN_KEYS else ""
+    plural = "s" if len(items) != 1 else ""
+    return f"{len(items)} {label}{plural}: {', '.join(items[:SHOWN_KEYS])}{more}"
+
+
+def state_dict_problems(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """What keeps `state_dict` from loading into `model`: missing, unexpected and mis-shaped keys.
+
+    Returns:
+        one line per kind of problem (count and the first `SHOWN_KEYS` keys), empty when it fits.
+    """
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = sorted(key for key in state_dict if key not in expected)
+    mismatched = [
+        f"{key} (checkpoint {tuple(state_dict[key].shape)}, model {tuple(value.shape)})"
+        for key, value in expected.items()
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape)
+    ]
+    return [
+        _listed(label, items)
+        for label, items in (
+            ("missing key", missing),
+            ("unexpected key", unexpected),
+            ("mis-shaped key", mismatched),
+        )
+        if items
+    ]
+
+
+def load_state_dict_strictly(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    *,
+    what: str = "the model",
+) -> None:
+    """Copy `state_dict` into `model`, or raise naming every kind of bad key.
+
+    Args:
+        model: the (unwrapped) module to fill.
+        state_dict: tensors by parameter / buffer name.
+        source: where the tensors came from (a path or URL), for the message.
+        what: what `model` is, for the message ("the VQGAN config", "the MaskTransformer layout").
+
+    Raises:
+        ValueError: keys are missing or unexpected, or shapes differ; the message gives `source`, the
+            count of each kind and the first keys of each.
+    """
+    problems = state_dict_problems(model, state_dict)
+    if problems:
+        raise ValueError(f"{source} does not match {what}: " + "; ".join(problems))
+    model.load_state_dict(dict(state_dict), strict=True)
