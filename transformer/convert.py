@@ -1,6 +1,6 @@
 """Reader for the valeoai v1 MaskGIT checkpoints (`MaskGIT_ImageNet_256.pth`, `..._512.pth`).
 
-The only place that knows the foreign format (maskgit_spec.md §B1 "Checkpoint files"): a
+The only place that knows the foreign format (docs/reference.md#checkpoints): a
 `torch.save`d dict with `model_state_dict` (305 tensors whose names are already ours), `iter`,
 `global_epoch` and `optimizer_state_dict`. It is read with `torch.load(weights_only=True)` (no
 pickled code runs). The model sizes are recognised from the tensor shapes: `pos_emb` [1, N+1, D]

@@ -1,6 +1,6 @@
 """Token-level editing on top of `sample()`: inpainting, outpainting and class-guided editing.
 
-Follows maskgit_spec.md §E. All three set the positions to regenerate to [MASK] and decode with
+Follows docs/reference.md#editing. All three set the positions to regenerate to [MASK] and decode with
 `sample(init_tokens=...)`, so known tokens are never changed and the sampling knobs mean the same as
 in `sample()` (pass them as keyword arguments):
 

@@ -2,13 +2,13 @@
 
 Two families of schedules, named as their sources name them:
 
-* valeoai v1 (maskgit_spec.md §C1 and §D1): ``arccos`` (the reference default), ``cosine``,
+* valeoai v1 (docs/reference.md#masking-schedules): ``arccos`` (the reference default), ``cosine``,
   ``linear``, ``square``, ``root``. At training time a sample's mask ratio is f(r) with r ~ U(0, 1)
   (arccos(r)/(π/2), cos(πr/2), r, r², √r; the reference has no "root" training mode, √r is ours).
   At sampling time `tokens_per_step` reproduces the reference's `adap_sche` exactly: weights
   w_t = g(linspace(1, 0, T)_t) are normalised to N tokens, rounded half-to-even in float32 (as the
   reference computes them), zeros become 1, and the last step absorbs the remainder.
-* google-research/maskgit (§D2): ``jax-cosine``, ``jax-uniform``, ``jax-pow<K>`` (e.g. ``jax-pow2``),
+* google-research/maskgit (same section): ``jax-cosine``, ``jax-uniform``, ``jax-pow<K>`` (e.g. ``jax-pow2``),
   ``jax-log``, ``jax-exp``: γ(ratio) is the fraction still masked; step t leaves
   ⌊N·γ((t+1)/T)⌋ tokens masked (clamped to ≥ 1 and < the number still masked) and the last step
   reveals the rest; the paper's training masks γ(r)·N tokens.

@@ -1,7 +1,8 @@
 """The MaskGIT training objective as a pure function: mask, predict, cross-entropy. No optimizer here.
 
-Follows maskgit_spec.md §C. Per sample a mask ratio ρ = f(r), r ~ U(0, 1), from the shared masking
-schedule (`transformer.masking.mask_ratio`; the reference always trains with arccos). Then either
+Follows docs/reference.md#training-recipe. Per sample a mask ratio ρ = f(r), r ~ U(0, 1), from the
+shared masking schedule (`transformer.masking.mask_ratio`; the reference always trains with arccos).
+Then either
 
 * ``mask_mode="bernoulli"`` (valeoai v1): every token is masked independently with probability ρ, or
 * ``mask_mode="exact"`` (paper): exactly ⌈ρ·N⌉ uniformly chosen tokens (at least 1) are masked.

@@ -1,6 +1,6 @@
 """`sample()`: MaskGIT iterative decoding, the valeoai v1 loop with its defects fixed.
 
-The loop of maskgit_spec.md §D1. Starting from a grid of [MASK] (or a partially known grid), each
+The loop of docs/reference.md#sampler. Starting from a grid of [MASK] (or a partially known grid), each
 of T steps runs the model once, samples a code at every still-masked position, scores it by its
 log-probability plus Gumbel noise whose scale decays linearly from `gumbel_temperature` to 0, and
 keeps the most confident `tokens_per_step(...)[t]` of them. Decided tokens are never re-masked.
