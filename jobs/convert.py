@@ -9,10 +9,67 @@ sampling settings for its resolution, so `maskgit sample` decodes it the way the
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from jobs.options import options_from_args
+
+if TYPE_CHECKING:
+    from transformer.config import TransformerConfig
+
+
+@dataclass(frozen=True)
+class ConvertVqganOptions:
+    """Settings of `maskgit convert-vqgan`.
+
+    Attributes:
+        checkpoint: taming `last.ckpt` (or a bare state-dict `.pt`).
+        out_dir: output folder for `config.json` + `model.safetensors`.
+        config: taming `model.yaml` (None: beside the checkpoint, or `../configs/model.yaml`).
+    """
+
+    checkpoint: str
+    out_dir: str
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class ConvertTransformerOptions:
+    """Settings of `maskgit convert-transformer`.
+
+    Attributes:
+        checkpoint: valeoai `.pth` with a `model_state_dict` (or a bare state dict).
+        out_dir: output folder.
+        num_classes: classes C, only for vocabularies other than the released 2026 entries.
+        codebook_size: codes K, alternatively to `num_classes`.
+        num_heads: attention heads (16 in every reference size; not in the shapes).
+    """
+
+    checkpoint: str
+    out_dir: str
+    num_classes: int | None = None
+    codebook_size: int | None = None
+    num_heads: int = 16
+
+
+class VqganConversion(NamedTuple):
+    """Where the converted VQGAN went and the sha256 of its weights."""
+
+    out_dir: Path | str
+    weights_sha256: str
+
+
+class TransformerConversion(NamedTuple):
+    """Where the converted transformer went, its config and the reference's training iteration."""
+
+    out_dir: Path | str
+    config: TransformerConfig
+    iteration: int | None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `convert-vqgan` and `convert-transformer` subcommands."""
+    """Add the `convert-vqgan` and `convert-transformer` subcommands; flag dests are option fields."""
     convert = subparsers.add_parser(
         "convert-vqgan",
         help="convert a taming-transformers VQGAN checkpoint (last.ckpt + model.yaml) into our format",
@@ -25,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config",
         help="taming model.yaml (default: beside the checkpoint, or ../configs/model.yaml)",
     )
-    convert.set_defaults(run=run_convert_vqgan)
+    convert.set_defaults(run=_run_convert_vqgan)
 
     convert = subparsers.add_parser(
         "convert-transformer",
@@ -51,36 +108,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=16,
         help="attention heads (16 in every reference size; not in the shapes)",
     )
-    convert.set_defaults(run=run_convert_transformer)
+    convert.set_defaults(run=_run_convert_transformer)
 
 
-def run_convert_vqgan(args: argparse.Namespace) -> int:
-    from tokenizer.checkpoint import weights_digest
-    from tokenizer.convert import convert_taming_checkpoint
+def run_convert_vqgan(options: ConvertVqganOptions) -> VqganConversion:
+    """Read a taming VQGAN checkpoint strictly and write it in our folder format."""
+    from tokenizer.checkpoint import load_vqgan, save_vqgan, weights_digest
 
-    out_dir = convert_taming_checkpoint(args.checkpoint, args.out_dir, config=args.config)
-    print(f"wrote {out_dir} (weights sha256 {weights_digest(out_dir)})")
-    return 0
+    out_dir = save_vqgan(load_vqgan(options.checkpoint, config=options.config), options.out_dir)
+    return VqganConversion(out_dir, weights_digest(out_dir))
 
 
-def run_convert_transformer(args: argparse.Namespace) -> int:
+def run_convert_transformer(options: ConvertTransformerOptions) -> TransformerConversion:
+    """Read a valeoai transformer `.pth` strictly and write it in our folder format, with the
+    reference's sampling settings for its resolution."""
     from transformer.checkpoint import load_state_dict_strictly, save_transformer
     from transformer.convert import read_reference_checkpoint
     from transformer.model import MaskTransformer
 
     reference = read_reference_checkpoint(
-        args.checkpoint,
-        num_classes=args.num_classes,
-        codebook_size=args.codebook_size,
-        num_heads=args.num_heads,
+        options.checkpoint,
+        num_classes=options.num_classes,
+        codebook_size=options.codebook_size,
+        num_heads=options.num_heads,
     )
     model = MaskTransformer(reference.config)
-    load_state_dict_strictly(model, reference.state_dict, str(args.checkpoint))
-    out_dir = save_transformer(model, args.out_dir, sampling=reference.sampling)
-    config = reference.config
+    load_state_dict_strictly(model, reference.state_dict, str(options.checkpoint))
+    out_dir = save_transformer(model, options.out_dir, sampling=reference.sampling)
+    return TransformerConversion(out_dir, reference.config, reference.iteration)
+
+
+def _run_convert_vqgan(args: argparse.Namespace) -> int:
+    result = run_convert_vqgan(options_from_args(ConvertVqganOptions, args))
+    print(f"wrote {result.out_dir} (weights sha256 {result.weights_sha256})")
+    return 0
+
+
+def _run_convert_transformer(args: argparse.Namespace) -> int:
+    result = run_convert_transformer(options_from_args(ConvertTransformerOptions, args))
+    config = result.config
     print(
-        f"wrote {out_dir}: {config.grid_size}x{config.grid_size} tokens, {config.codebook_size} codes, "
-        f"{config.num_classes} classes, depth {config.depth}, width {config.hidden_size}"
-        + (f", reference iteration {reference.iteration}" if reference.iteration is not None else "")
+        f"wrote {result.out_dir}: {config.grid_size}x{config.grid_size} tokens, "
+        f"{config.codebook_size} codes, {config.num_classes} classes, depth {config.depth}, "
+        f"width {config.hidden_size}"
+        + (f", reference iteration {result.iteration}" if result.iteration is not None else "")
     )
     return 0

@@ -69,22 +69,38 @@ def add_ray_address_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def options_from_args(cls: type[OptionsT], args: argparse.Namespace, **values: Any) -> OptionsT:
+def options_from_args(
+    cls: type[OptionsT], args: argparse.Namespace, *, prefix: str = "", **values: Any
+) -> OptionsT:
     """Build the frozen dataclass `cls` from parsed flags whose `dest` is one of its field names.
 
     `--storage-options` text becomes its dict here (`parse_storage_options`); `values` are fields
     worked out from other flags, and override what the namespace holds. Fields without a flag keep
-    their defaults.
+    their defaults. `prefix` reads a nested dataclass from dests `<prefix><field>` (the training
+    job's optimizer flags have dests `optimizer_lr`, `optimizer_schedule`, ...).
 
     Raises:
         ValueError: bad `--storage-options`, or a value the dataclass rejects.
     """
     parsed = vars(args)
-    fields = {field.name: parsed[field.name] for field in dataclasses.fields(cls) if field.name in parsed}
+    fields = {
+        field.name: parsed[prefix + field.name]
+        for field in dataclasses.fields(cls)
+        if prefix + field.name in parsed
+    }
     if isinstance(fields.get("storage_options"), str):
         fields["storage_options"] = parse_storage_options(fields["storage_options"])
     fields.update(values)
     return cls(**fields)
+
+
+def prefixed_values(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """{name: value} of the flags given with dest `<prefix><name>` (None = not given, left out)."""
+    return {
+        name.removeprefix(prefix): value
+        for name, value in vars(args).items()
+        if name.startswith(prefix) and value is not None
+    }
 
 # --- sampling knobs: one declaration, the same flag names in every command ---------------------------
 

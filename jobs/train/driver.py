@@ -14,7 +14,14 @@ import hashlib
 import logging
 from typing import NamedTuple
 
-from jobs.options import add_storage_options_argument, parse_storage_options
+from jobs.options import (
+    add_ray_address_argument,
+    add_storage_options_argument,
+    options_from_args,
+    parse_storage_options,
+    prefixed_values,
+)
+from jobs.ray_session import ray_session
 from jobs.train.config import TrainJobConfig
 from jobs.train.deepspeed_config import OptimizerSettings
 
@@ -79,8 +86,12 @@ def check_store_matches_model(config: TrainJobConfig):
 
 
 def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> TrainSummary:
-    """Train (or resume) a run and export its weights; returns where the results are."""
-    import ray
+    """Train (or resume) a run and export its weights; returns where the results are.
+
+    Args:
+        config: the run's settings (they travel to every worker).
+        ray_address: cluster to join (see `jobs.ray_session`; None: $RAY_ADDRESS, else a local Ray).
+    """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -92,8 +103,6 @@ def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> T
     if config.sample_every and not config.tokenizer:
         raise ValueError("--sample-every needs --tokenizer (the VQGAN that decodes the sample grids)")
     check_store_matches_model(config)
-    if not ray.is_initialized():
-        ray.init(address=ray_address)  # None: RAY_ADDRESS (ray job submit) or a new local cluster
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = 1
@@ -109,7 +118,9 @@ def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> T
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
     )
-    trainer.fit()
+    # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+    with ray_session(ray_address, dashboard=True):
+        trainer.fit()
     export_dir = f"{config.out.rstrip('/')}/export"
     export_checkpoint(config.checkpoint_uri, export_dir, storage_options=config.storage_options)
     return TrainSummary(
@@ -133,9 +144,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint-dir", default=None, help="checkpoints location (default: OUT/checkpoints)"
     )
     add_storage_options_argument(parser)
-    parser.add_argument(
-        "--ray-address", default=None, help="Ray cluster address (default: local or RAY_ADDRESS)"
-    )
+    add_ray_address_argument(parser)
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default=defaults.preset, help="transformer preset")
     for flag, field, kind in (
@@ -152,8 +161,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             flag, dest=f"model_{field}", type=kind, default=None, help=f"override the preset's {field}"
         )
     scale = parser.add_argument_group("scale")
-    scale.add_argument("--workers", type=int, default=defaults.num_workers, help="Ray Train workers")
-    scale.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl); default CPU (gloo)")
+    scale.add_argument(
+        "--workers", dest="num_workers", type=int, default=defaults.num_workers, help="Ray Train workers"
+    )
+    scale.add_argument(
+        "--gpu", dest="use_gpu", action="store_true", help="one GPU per worker (nccl); default CPU (gloo)"
+    )
     scale.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker)
     scale.add_argument("--zero-stage", type=int, choices=(1, 2, 3), default=defaults.zero_stage)
     scale.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision)
@@ -162,14 +175,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scale.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
     scale.add_argument("--max-failures", type=int, default=defaults.max_failures)
     recipe = parser.add_argument_group("recipe (reference defaults)")
-    recipe.add_argument("--lr", type=float, default=opt.lr)
-    recipe.add_argument("--betas", type=float, nargs=2, default=opt.betas)
-    recipe.add_argument("--weight-decay", type=float, default=opt.weight_decay)
-    recipe.add_argument("--grad-clip", type=float, default=opt.grad_clip)
-    recipe.add_argument("--warmup-steps", type=int, default=opt.warmup_steps)
-    recipe.add_argument("--lr-schedule", choices=("constant", "cosine"), default=opt.schedule)
-    recipe.add_argument("--min-lr-ratio", type=float, default=opt.min_lr_ratio)
-    recipe.add_argument("--mask-schedule", default=defaults.schedule, help="training mask-ratio schedule")
+    # dest optimizer_<field>: the OptimizerSettings fields (`options_from_args(..., prefix="optimizer_")`)
+    recipe.add_argument("--lr", dest="optimizer_lr", type=float, default=opt.lr)
+    recipe.add_argument("--betas", dest="optimizer_betas", type=float, nargs=2, default=opt.betas)
+    recipe.add_argument("--weight-decay", dest="optimizer_weight_decay", type=float, default=opt.weight_decay)
+    recipe.add_argument("--grad-clip", dest="optimizer_grad_clip", type=float, default=opt.grad_clip)
+    recipe.add_argument("--warmup-steps", dest="optimizer_warmup_steps", type=int, default=opt.warmup_steps)
+    recipe.add_argument(
+        "--lr-schedule", dest="optimizer_schedule", choices=("constant", "cosine"), default=opt.schedule
+    )
+    recipe.add_argument("--min-lr-ratio", dest="optimizer_min_lr_ratio", type=float, default=opt.min_lr_ratio)
+    recipe.add_argument(
+        "--mask-schedule", dest="schedule", default=defaults.schedule, help="training mask-ratio schedule"
+    )
     recipe.add_argument("--mask-mode", choices=("bernoulli", "exact"), default=defaults.mask_mode)
     recipe.add_argument("--loss-on", choices=("all", "masked"), default=defaults.loss_on)
     recipe.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
@@ -188,74 +206,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     io.add_argument("--loader-workers", type=int, default=defaults.loader_workers)
     io.add_argument("--cache-dir", default=None, help="local shard cache (default: temp dir)")
     sampling = parser.add_argument_group("sampling defaults exported with the weights")
-    sampling.add_argument("--sample-steps", type=int, default=None)
-    sampling.add_argument("--sample-schedule", default=None)
-    sampling.add_argument("--temperature", type=float, default=None)
-    sampling.add_argument("--gumbel-temperature", type=float, default=None)
-    sampling.add_argument("--cfg-weight", type=float, default=None)
-    sampling.add_argument("--cfg-schedule", default=None)
+    # dest sampling_<field>: the SamplingConfig fields stored with the exported weights
+    sampling.add_argument("--sample-steps", dest="sampling_steps", type=int, default=None)
+    sampling.add_argument("--sample-schedule", dest="sampling_schedule", default=None)
+    sampling.add_argument("--temperature", dest="sampling_temperature", type=float, default=None)
+    sampling.add_argument(
+        "--gumbel-temperature", dest="sampling_gumbel_temperature", type=float, default=None
+    )
+    sampling.add_argument("--cfg-weight", dest="sampling_cfg_weight", type=float, default=None)
+    sampling.add_argument("--cfg-schedule", dest="sampling_cfg_schedule", default=None)
     parser.set_defaults(run=_run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainJobConfig:
-    overrides = {
-        key.removeprefix("model_"): value
-        for key, value in vars(args).items()
-        if key.startswith("model_") and value is not None
-    }
-    sampling = {
-        name: value
-        for name, value in (
-            ("steps", args.sample_steps),
-            ("schedule", args.sample_schedule),
-            ("temperature", args.temperature),
-            ("gumbel_temperature", args.gumbel_temperature),
-            ("cfg_weight", args.cfg_weight),
-            ("cfg_schedule", args.cfg_schedule),
-        )
-        if value is not None
-    }
-    return TrainJobConfig(
-        store=args.store,
-        out=args.out,
-        checkpoint_dir=args.checkpoint_dir,
+    """The `TrainJobConfig` of parsed `maskgit train` flags: dests are its field names, and
+    `optimizer_*`, `model_*`, `sampling_*` dests fill its nested optimizer, model overrides and
+    exported sampling defaults."""
+    return options_from_args(
+        TrainJobConfig,
+        args,
         storage_options=parse_storage_options(args.storage_options) or {},
-        preset=args.preset,
-        model_overrides=overrides,
-        num_workers=args.workers,
-        use_gpu=args.gpu,
-        cpus_per_worker=args.cpus_per_worker,
-        zero_stage=args.zero_stage,
-        precision=args.precision,
-        global_batch_size=args.global_batch_size,
-        micro_batch_size=args.micro_batch_size,
-        steps=args.steps,
-        optimizer=OptimizerSettings(
-            lr=args.lr,
-            betas=tuple(args.betas),
-            weight_decay=args.weight_decay,
-            grad_clip=args.grad_clip,
-            warmup_steps=args.warmup_steps,
-            schedule=args.lr_schedule,
-            min_lr_ratio=args.min_lr_ratio,
+        optimizer=options_from_args(
+            OptimizerSettings, args, prefix="optimizer_", betas=tuple(args.optimizer_betas)
         ),
-        schedule=args.mask_schedule,
-        mask_mode=args.mask_mode,
-        loss_on=args.loss_on,
-        label_smoothing=args.label_smoothing,
-        label_drop=args.label_drop,
-        ema_decay=args.ema_decay,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints,
-        log_every=args.log_every,
-        sample_every=args.sample_every,
-        tokenizer=args.tokenizer,
-        sampling=sampling,
-        shuffle_window=args.shuffle_window,
-        loader_workers=args.loader_workers,
-        cache_dir=args.cache_dir,
-        max_failures=args.max_failures,
+        model_overrides=prefixed_values(args, "model_"),
+        sampling=prefixed_values(args, "sampling_"),
     )
 
 

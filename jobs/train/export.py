@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from jobs.options import add_storage_options_argument, parse_storage_options
+from jobs.options import add_storage_options_argument, options_from_args
 from jobs.train.checkpoints import CheckpointError, CheckpointStore, step_dirname
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,38 @@ def export_checkpoint(
     return out
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """Settings of `maskgit export`.
+
+    Attributes:
+        checkpoint_dir: the run's checkpoint directory (local or s3://).
+        out: output folder (local or s3://).
+        step: which checkpoint (None: the latest complete one).
+        use_ema: export the EMA weights (None: when the run kept an EMA).
+        storage_options: fsspec options for both locations (None: the AWS environment).
+    """
+
+    checkpoint_dir: str
+    out: str
+    step: int | None = None
+    use_ema: bool | None = None
+    storage_options: dict[str, Any] | None = None
+
+
+def run_export(options: ExportOptions) -> str:
+    """`export_checkpoint` with the command's settings; returns the output folder."""
+    return export_checkpoint(
+        options.checkpoint_dir,
+        options.out,
+        step=options.step,
+        use_ema=options.use_ema,
+        storage_options=options.storage_options,
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `export` subcommand; every flag's dest is an `ExportOptions` field."""
     parser = subparsers.add_parser(
         "export",
         help="write a training checkpoint's weights in our folder format for sampling/serving",
@@ -98,12 +131,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = export_checkpoint(
-        args.checkpoint_dir,
-        args.out,
-        step=args.step,
-        use_ema=args.use_ema,
-        storage_options=parse_storage_options(args.storage_options),
-    )
+    out = run_export(options_from_args(ExportOptions, args))
     print(f"exported to {out}")
     return 0
