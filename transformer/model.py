@@ -1,6 +1,6 @@
 """`MaskTransformer`: the valeoai v1 MaskGIT bidirectional transformer, parameter for parameter.
 
-Follows maskgit_spec.md §B1 (valeoai/Maskgit-pytorch v1 `Network/transformer.py`): the image tokens
+Follows docs/reference.md#transformer (valeoai/Maskgit-pytorch v1 `Network/transformer.py`): the image tokens
 in raster order followed by **one class token last**; learned positions; an embedding MLP
 (`first_layer`); pre-LN blocks; an output MLP (`last_layer`); an output head **tied** to the token
 embedding plus a learned per-position, per-vocabulary `bias`. Parameter names and shapes are the
@@ -10,7 +10,7 @@ Two deliberate differences in *how* (not *what*) it computes:
 
 * Attention runs through `F.linear` on the stored packed `in_proj_weight` followed by
   `scaled_dot_product_attention`, instead of `nn.MultiheadAttention`: same parameters and maths,
-  but no pathological bf16-autocast path on CPU (shared/reference/stack.md, addendum).
+  but no pathological bf16-autocast path on CPU (docs/architecture.md#platform-notes).
 * The head only computes what is used: never the class-token position, never the 1001 class /
   null-class vocabulary rows, the [MASK] logit only on request (`with_mask_logit=True` gives the
   reference's 1025-wide output), and, with `positions`, only the requested token positions.
