@@ -1,7 +1,7 @@
 """Evaluation reports: one JSON and one markdown file that name the evaluator next to every number.
 
 Users of MaskGIT-family models most often cannot reproduce published FIDs because evaluators
-differ (shared/reference/peers.md, part 3 G). So a report states, beside each number: the evaluator
+differ (docs/architecture.md#design-notes). So a report states, beside each number: the evaluator
 and whether it is comparable with published FID (the EfficientNet-Lite0 one is labelled
 "FID-EffLite0 (not comparable with published FID)"), the preprocessing (including the reference's
 min-max stretch), the reference statistics it was measured against, the number of samples, and the

@@ -1,7 +1,7 @@
 """The stateful loader: a DataLoader over a `TokenDataset` that knows what the training loop has seen.
 
 The bug class it exists for (mosaicml/streaming#880, #869, LitData#775, HF datasets#7901, see
-shared/reference/peers.md part 3 A): a loader whose state counts what its workers *prefetched*
+docs/architecture.md#design-notes): a loader whose state counts what its workers *prefetched*
 resumes past samples the model never saw. Here the state is updated only when a batch is handed to
 the caller, and it is a sample position in the epoch (see `pipeline.sample_order`), so it can be
 loaded with another world size or worker count as long as the global batch is unchanged.
