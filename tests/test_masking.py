@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from transformer.masking import REFERENCE_SCHEDULES, check_schedule, mask_ratio, tokens_per_step
 
-# maskgit_spec.md §D1, valeoai v1 `adap_sche`.
+# valeoai v1 `adap_sche` (docs/reference.md#step-tables).
 REFERENCE_TABLES = [
     (8, 256, "arccos", [1, 18, 26, 32, 38, 43, 48, 50]),
     (8, 256, "cosine", [1, 12, 22, 32, 41, 47, 51, 50]),
@@ -21,7 +21,7 @@ REFERENCE_TABLES = [
     (15, 1024, "arccos", [1, 26, 38, 46, 54, 61, 67, 73, 79, 84, 89, 94, 99, 104, 109]),
     (12, 256, "arccos", [1, 9, 13, 17, 19, 22, 24, 26, 28, 30, 32, 35]),
 ]
-# maskgit_spec.md §D2, google-research/maskgit `parallel_decode` with the cosine schedule.
+# google-research/maskgit `parallel_decode` with the cosine schedule (docs/reference.md#step-tables).
 JAX_TABLES = [
     (8, 256, [5, 15, 24, 31, 39, 45, 48, 49]),
     (12, 1024, [9, 26, 43, 60, 74, 88, 101, 111, 121, 126, 132, 133]),
@@ -88,7 +88,7 @@ def test_mask_ratio_follows_the_reference_training_modes():
 
 
 def test_arccos_training_ratio_has_the_documented_mean():
-    # ρ = arccos(r)/(π/2) with r ~ U(0, 1) has mean 2/π ≈ 0.637 (maskgit_spec.md §C1).
+    # ρ = arccos(r)/(π/2) with r ~ U(0, 1) has mean 2/π ≈ 0.637 (docs/reference.md#masking-schedules).
     draws = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
     ratios = mask_ratio(draws, "arccos")
     assert ratios.min() >= 0 and ratios.max() <= 1

@@ -1,6 +1,6 @@
 """MaskTransformer: the reference's parameter layout, its forward pass, and the head's shortcuts.
 
-The parity test re-states the reference forward pass independently (maskgit_spec.md §B1) with
+The parity test re-states the reference forward pass independently (docs/reference.md#transformer) with
 `nn.MultiheadAttention` and plain `nn.Sequential` blocks, loads *our* state dict into it strictly,
 and compares logits.
 """
