@@ -8,12 +8,68 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from jobs.options import options_from_args
+
+if TYPE_CHECKING:
+    from tokenizer.train import TrainingSummary
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TrainTokenizerOptions:
+    """Settings of `maskgit train-tokenizer`.
+
+    Attributes:
+        data: training image folder `root/<class>/*`.
+        out: output folder (vqgan/, log.jsonl, reconstructions.png, training_state.pt).
+        preset: VQGAN preset (`tokenizer.config.PRESETS`: imagenet-f16-1024, tiny-f4, small-f8).
+        image_size: crop side (None: the preset's resolution).
+        eval_data: held-out image folder for the before/after report (None: `data`).
+        eval_count: images in the report and the reconstruction grid.
+        flip: horizontal-flip augmentation.
+        resume: continue `out/training_state.pt` when present.
+        progress: show a progress bar.
+        steps … checkpoint_every: `TokenizerTrainingConfig` fields; None keeps that config's default.
+    """
+
+    data: str
+    out: str
+    preset: str
+    image_size: int | None = None
+    eval_data: str | None = None
+    eval_count: int = 16
+    flip: bool = True
+    resume: bool = False
+    progress: bool = True
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    disc_start: int | None = None
+    disc_weight: float | None = None
+    perceptual: str | None = None
+    perceptual_weight: float | None = None
+    lpips_weights: str | None = None
+    vgg_weights: str | None = None
+    reconstruction: str | None = None
+    dead_code_restart: int | None = None
+    precision: str | None = None
+    device: str | None = None
+    seed: int | None = None
+    num_workers: int | None = None
+    log_every: int | None = None
+    checkpoint_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.eval_count <= 0:
+            raise ValueError(f"--eval-count must be positive, got {self.eval_count}")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `train-tokenizer` subcommand."""
+    """Add the `train-tokenizer` subcommand; every flag's dest is a `TrainTokenizerOptions` field."""
     train = subparsers.add_parser(
         "train-tokenizer",
         help="train a VQGAN on an image folder (root/<class>/*.png|jpg)",
@@ -44,14 +100,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--checkpoint-every", type=int, default=None)
     train.add_argument("--eval-data", help="held-out image folder for the before/after report")
     train.add_argument("--eval-count", type=int, default=16, help="images in the report and grid")
-    train.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
+    train.add_argument(
+        "--no-flip", dest="flip", action="store_false", help="no horizontal-flip augmentation"
+    )
     train.add_argument("--resume", action="store_true", help="continue OUT/training_state.pt if present")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.set_defaults(run=run_train)
+    train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    train.set_defaults(run=_run)
 
 
-# CLI flag -> TokenizerTrainingConfig field, for flags whose default defers to the config's default.
-_TRAINING_FLAGS = (
+# The options that are TokenizerTrainingConfig fields (None: that config's default).
+_TRAINING_FIELDS = (
     "steps",
     "batch_size",
     "lr",
@@ -72,7 +130,13 @@ _TRAINING_FLAGS = (
 )
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train_tokenizer(options: TrainTokenizerOptions) -> TrainingSummary:
+    """Train (or resume) a VQGAN on an image folder; returns `tokenizer.train`'s summary.
+
+    Raises:
+        ValueError: an unknown preset, or an image size that is not a multiple of its factor.
+        FileNotFoundError: a missing image folder.
+    """
     import numpy as np
     import torch
 
@@ -80,33 +144,43 @@ def run_train(args: argparse.Namespace) -> int:
     from tokenizer.config import preset
     from tokenizer.train import TokenizerTrainingConfig, train_tokenizer
 
-    vqgan = preset(args.preset)
-    image_size = args.image_size or vqgan.resolution
+    vqgan = preset(options.preset)
+    image_size = options.image_size or vqgan.resolution
     vqgan.grid_shape(image_size, image_size)  # ValueError when not a multiple of the factor
-    overrides = {name: getattr(args, name) for name in _TRAINING_FLAGS if getattr(args, name) is not None}
-    config = TokenizerTrainingConfig(vqgan=vqgan, grid_images=args.eval_count, **overrides)
-    dataset = ImageFolderDataset(args.data, image_size, random_crop=True, horizontal_flip=not args.no_flip)
+    overrides = {name: getattr(options, name) for name in _TRAINING_FIELDS}
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    config = TokenizerTrainingConfig(vqgan=vqgan, grid_images=options.eval_count, **overrides)
+    dataset = ImageFolderDataset(options.data, image_size, random_crop=True, horizontal_flip=options.flip)
     eval_source = ImageFolderDataset(
-        args.eval_data or args.data, image_size, random_crop=False, horizontal_flip=False
+        options.eval_data or options.data, image_size, random_crop=False, horizontal_flip=False
     )
-    if args.eval_count <= 0:
-        raise ValueError(f"--eval-count must be positive, got {args.eval_count}")
     # Evenly spaced picks: the listing is sorted by class, so the first N would all be one class.
-    picks = np.linspace(0, len(eval_source) - 1, min(args.eval_count, len(eval_source))).round().astype(int)
+    count = min(options.eval_count, len(eval_source))
+    picks = np.linspace(0, len(eval_source) - 1, count).round().astype(int)
     eval_images = torch.stack([eval_source[int(i)][0] for i in picks])
     logger.info(
         "training %s on %d images (%d classes) at %d px for %d steps",
-        args.preset,
+        options.preset,
         len(dataset),
         len(dataset.classes),
         image_size,
         config.steps,
     )
     summary = train_tokenizer(
-        config, dataset, args.out, eval_images=eval_images, resume=args.resume, progress=not args.no_progress
+        config,
+        dataset,
+        options.out,
+        eval_images=eval_images,
+        resume=options.resume,
+        progress=options.progress,
     )
     if dataset.rejected:
         logger.warning("%d unreadable images were skipped: %s", len(dataset.rejected), dataset.rejected[:5])
+    return summary
+
+
+def _run(args: argparse.Namespace) -> int:
+    summary = run_train_tokenizer(options_from_args(TrainTokenizerOptions, args))
     before, after = summary.initial, summary.final
     print(
         f"steps {summary.start_step} -> {summary.steps} in {summary.seconds:.0f} s\n"
