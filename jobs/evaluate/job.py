@@ -1,6 +1,6 @@
 """`maskgit evaluate`: a resumable Ray job that samples a model and measures it the reference's way.
 
-The reference protocol (maskgit_spec.md §F): `--per-class` samples of every class (50 → 50k for
+The reference protocol (docs/reference.md#evaluation): `--per-class` samples of every class (50 → 50k for
 ImageNet), then FID, IS (10 splits) and k-NN precision/recall/density/coverage (k = 3) against
 reference statistics made by `maskgit fid-stats`:
 

@@ -1,6 +1,7 @@
 """`maskgit serve`: the Ray Serve sampler, an HTTP ingress in front of a batching model deployment.
 
-Two deployments, thin adapters over `jobs/serve/engine.py` and `jobs/serve/ingress.py` (STYLE.md §10):
+Two deployments, thin adapters over `jobs/serve/engine.py` and `jobs/serve/ingress.py`
+(docs/architecture.md#conventions):
 
 * `MaskGITSampler` holds a `SamplerEngine` (transformer + VQGAN, loaded once per replica). Its
   `@serve.batch` queue counts **images**, not requests (`batch_size_fn=count_images`): requests are

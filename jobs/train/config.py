@@ -1,9 +1,10 @@
 """Settings of the training job, shared by the driver (`jobs/train/driver.py`) and the workers.
 
-One frozen dataclass travels to every Ray Train worker as its `config` argument (STYLE.md §9); the
-defaults are the reference's recipe (maskgit_spec.md §C1): AdamW lr 1e-4, betas (0.9, 0.96), weight
-decay 1e-5, label smoothing 0.1, label drop 0.1, gradient clipping 1.0, constant LR, arccos masking,
-Bernoulli masks and the loss on all tokens.
+One frozen dataclass travels to every Ray Train worker as its `config` argument
+(docs/architecture.md#conventions, item 9); the defaults are the reference's recipe
+(docs/reference.md#training-recipe): AdamW lr 1e-4, betas (0.9, 0.96), weight decay 1e-5, label
+smoothing 0.1, label drop 0.1, gradient clipping 1.0, constant LR, arccos masking, Bernoulli masks and
+the loss on all tokens.
 """
 
 from __future__ import annotations

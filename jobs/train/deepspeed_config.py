@@ -1,6 +1,6 @@
 """The one function that builds the DeepSpeed config for the masked-transformer training job.
 
-Defaults follow the reference's recipe (shared/reference/maskgit_spec.md §C1): AdamW lr 1e-4, betas
+Defaults follow the reference's recipe (docs/reference.md#training-recipe): AdamW lr 1e-4, betas
 (0.9, 0.96), weight decay 1e-5, gradient clipping 1.0. The optimizer is DeepSpeed's torch-AdamW path
 (`torch_adam: true`), which needs no JIT-compiled fused kernel on CPU; fp16 is not offered (DeepSpeed
 refuses it on CPU, and bf16 is the better choice on every accelerator this job targets).

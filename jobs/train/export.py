@@ -4,7 +4,7 @@ Consolidates DeepSpeed's partitioned fp32 master weights with DeepSpeed's own
 `get_fp32_state_dict_from_zero_checkpoint` (or takes the consolidated EMA weights when the run kept an
 EMA), loads them strictly into a fresh `MaskTransformer`, and writes `config.json` (model config and
 sampling defaults) + `model.safetensors`, which `maskgit sample` and the server load directly.
-Nothing downstream ever sees a DeepSpeed layout (STYLE.md §3).
+Nothing downstream ever sees a DeepSpeed layout (docs/architecture.md#weights).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def init_deepspeed_distributed(use_gpu: bool) -> None:
     """Join the process group Ray Train created; on CPU skip DeepSpeed's shared-memory op JIT build.
 
     On the CPU accelerator DeepSpeed compiles `deepspeed_shm_comm` (35–90 s) at every first
-    `init_distributed` on a machine; gloo does not need it (shared/reference/stack.md §4). Marking the
+    `init_distributed` on a machine; gloo does not need it (docs/architecture.md#platform-notes). Marking the
     op incompatible is the switch DeepSpeed itself consults before building.
     """
     if not use_gpu:
