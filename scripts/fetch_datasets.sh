@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch the real datasets that registry packages ship (see shared/reference/offline_assets.md):
+# Fetch the real datasets that registry packages ship (see docs/architecture.md#platform-notes):
 # Fashion-MNIST from Debian's dataset-fashion-mnist, unpacked under .cache/datasets (no root needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
