@@ -3,8 +3,9 @@
 Three pieces, leaf first:
 
 - `RetryPolicy` + `ShardSource`: fetch one shard's bytes through `pipeline.store` (which checks size
-  and sha256), retrying transient object-store errors with exponential backoff and jitter, on top of
-  botocore's own retries (`with_s3_retry_defaults`). The fsspec filesystem is opened lazily in the
+  and sha256), retrying what botocore and s3fs cannot (a checksum mismatch, a whole outage) with
+  exponential backoff and jitter, on top of their own retries (`with_s3_retry_defaults`; the layers
+  are described in `pipeline.object_store`). The fsspec filesystem is opened lazily in the
   process that uses it and reopened after a fork or a failure: an async S3 client inherited from a
   parent process can deadlock in a forked DataLoader worker (fsspec#835).
 - `DiskCache`: a bounded, content-addressed directory of shard objects (`<sha256>.shard`) that every
@@ -34,6 +35,7 @@ from typing import Any
 
 import fsspec
 
+from pipeline.object_store import with_retry_defaults
 from pipeline.store import (
     ShardChecksumError,
     ShardInfo,
@@ -51,15 +53,9 @@ logger = logging.getLogger(__name__)
 
 def with_s3_retry_defaults(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """Storage options for a reader: a private filesystem instance, and for s3:// botocore's
-    adaptive retry mode with timeouts, unless the caller set their own."""
-    options = dict(storage_options or {})
+    retry mode and timeouts (`pipeline.object_store.S3_CONFIG_DEFAULTS`) unless the caller set their own."""
+    options = with_retry_defaults(url, storage_options)
     options.setdefault("skip_instance_cache", True)  # never share (or inherit) a cached client
-    if url.startswith(("s3://", "s3a://")):
-        config = dict(options.get("config_kwargs") or {})
-        config.setdefault("retries", {"max_attempts": 5, "mode": "adaptive"})
-        config.setdefault("connect_timeout", 10)
-        config.setdefault("read_timeout", 60)
-        options["config_kwargs"] = config
     return options
 
 

@@ -31,6 +31,7 @@ import fsspec
 import numpy as np
 
 from pipeline.images import ImageRejected, center_crop_resize, decode_image
+from pipeline.object_store import open_file, url_to_fs
 
 INPUT_FORMATS = ("folder", "webdataset", "parquet")
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff", "gif")  # webdataset keys
@@ -110,7 +111,7 @@ def load_class_map(path: str, storage_options: dict[str, Any] | None = None) -> 
         FileNotFoundError: no such file.
         ValueError: indices that are not 0..K-1 exactly once.
     """
-    with fsspec.open(path, "rt", **(storage_options or {})) as handle:
+    with open_file(path, "rt", storage_options) as handle:
         text = handle.read()
     try:
         data = json.loads(text)
@@ -219,7 +220,7 @@ def plan_sources(
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    fs, _ = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, _ = url_to_fs(uri, storage_options)
     paths = [p for p in _expand(uri, fs) if fs.exists(p)]
     if not paths:
         raise FileNotFoundError(f"input {uri} does not exist or matches nothing")
@@ -269,7 +270,7 @@ def _label_of(value: Any, class_map: dict[str, int] | None) -> int:
 
 
 def _folder_records(task: ShardTask, storage_options) -> Iterator[RawRecord]:
-    fs, root = fsspec.core.url_to_fs(task.root, **(storage_options or {}))
+    fs, root = url_to_fs(task.root, storage_options)
     paths = [f"{root.rstrip('/')}/{member}" for member in task.members]
     contents = fs.cat(paths, on_error="return") if paths else {}
     for member, path, label in zip(task.members, paths, task.labels):
@@ -301,7 +302,7 @@ def _tar_sample_record(sample: dict[str, Any], name: str, url: str, class_map) -
 def _tar_has_end_marker(url: str, storage_options) -> bool:
     """Whether the tar ends in zero blocks: tarfile's stream reader stops quietly at a truncation that
     falls on a member boundary, so the end-of-archive marker is what tells a whole tar from a cut one."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = url_to_fs(url, storage_options)
     size = fs.size(path)
     return size >= 1024 and not any(fs.cat_file(path, start=size - 1024, end=size))
 
@@ -310,7 +311,7 @@ def _tar_records(task: ShardTask, storage_options, class_map) -> Iterator[RawRec
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     name = os.path.basename(task.root)
-    with fsspec.open(task.root, "rb", **(storage_options or {})) as handle:
+    with open_file(task.root, "rb", storage_options) as handle:
         files = ({**f, "__url__": task.root} for f in tar_file_iterator(handle))
         try:
             for sample in group_by_keys(files):
@@ -334,7 +335,7 @@ def _parquet_records(task: ShardTask, storage_options, class_map) -> Iterator[Ra
     import pyarrow.parquet as pq
 
     name = os.path.basename(task.root)
-    with fsspec.open(task.root, "rb", **(storage_options or {})) as handle:
+    with open_file(task.root, "rb", storage_options) as handle:
         parquet = pq.ParquetFile(handle)
         names = parquet.schema_arrow.names
         image_col = _pick(names, IMAGE_COLUMNS, "image", task.root)

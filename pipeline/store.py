@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import fsspec
 
+from pipeline.object_store import url_to_fs
 from pipeline.shard_codec import (
     STORE_FORMATS,
     StoreError,
@@ -262,7 +263,7 @@ def open_token_store(url: str, storage_options: dict[str, Any] | None = None) ->
         StoreIncompleteError: no manifest.json (unfinished store, or not a token store).
         StoreFormatError: the store's format_version is not FORMAT_VERSION.
     """
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, root = url_to_fs(url, storage_options)
     root = root.rstrip("/")
     data = _read_json(fs, f"{root}/{MANIFEST_NAME}")
     if data is None:
@@ -293,7 +294,7 @@ class TokenStoreWriter:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.fs, root = url_to_fs(url, storage_options)
         self.root = root.rstrip("/")
         self._local = "file" in (
             self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)

@@ -19,10 +19,10 @@ import os
 import tempfile
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from pipeline.images import to_model_input
+from pipeline.object_store import url_to_fs
 
 
 def local_tokenizer_path(url: str, storage_options: dict[str, Any] | None = None) -> str:
@@ -31,7 +31,7 @@ def local_tokenizer_path(url: str, storage_options: dict[str, Any] | None = None
     Raises:
         FileNotFoundError: nothing at `url`.
     """
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = url_to_fs(url, storage_options)
     if not fs.exists(path):
         raise FileNotFoundError(f"tokenizer {url} does not exist")
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)

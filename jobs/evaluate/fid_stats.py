@@ -20,6 +20,7 @@ from typing import Any
 
 from evaluation.features import EVALUATORS
 from jobs.options import add_storage_options_argument, parse_storage_options
+from pipeline.object_store import open_file
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,6 @@ def run_fid_stats(options: FidStatsOptions):
         FileNotFoundError: no source, or no Inception weights file.
         ValueError: fewer than 2 usable images, or bad settings.
     """
-    import fsspec
     from tqdm import tqdm
 
     from evaluation.features import build_feature_extractor
@@ -123,7 +123,7 @@ def run_fid_stats(options: FidStatsOptions):
         resolution=options.resolution,
         source=f"{plan.input_format}:{options.source} ({accumulator.count} images, {rejects} rejected)",
     )
-    with fsspec.open(options.out, "wb", **(so or {})) as handle:
+    with open_file(options.out, "wb", so) as handle:
         stats.save(handle)
     return stats
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from evaluation.metrics import FID_SQRT_METHODS
 from jobs.evaluate.options import SAMPLING_KNOBS, EvaluateOptions
+from pipeline.object_store import url_to_fs
 
 GRID_CLASSES, GRID_PER_CLASS = 10, 8
 
@@ -49,7 +50,6 @@ class _EvaluateWorker:
     """Ray actor: samples shards and computes their features; the models are loaded once."""
 
     def __init__(self, options: EvaluateOptions, resolved: _Resolved, run_id: str):
-        import fsspec
         import ray
         import torch
 
@@ -73,7 +73,7 @@ class _EvaluateWorker:
             minmax_stretch=options.minmax_stretch,
             device=self.device,
         )
-        self.store = SampleStore(*fsspec.core.url_to_fs(options.output, **(options.storage_options or {})))
+        self.store = SampleStore(*url_to_fs(options.output, options.storage_options))
 
     def _sample(self, class_ids: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         """(n, H, W, 3) uint8 images of the given classes, sample j drawn with seeds[j]."""
@@ -158,11 +158,9 @@ def _resolve(options: EvaluateOptions) -> _Resolved:
 
 
 def _load_reference(options: EvaluateOptions, image_size: int):
-    import fsspec
-
     from evaluation.stats import FeatureStatistics
 
-    fs, path = fsspec.core.url_to_fs(options.reference_stats, **(options.storage_options or {}))
+    fs, path = url_to_fs(options.reference_stats, options.storage_options)
     if not fs.exists(path):
         raise FileNotFoundError(f"reference statistics {options.reference_stats} not found (see fid-stats)")
     with fs.open(path, "rb") as handle:
@@ -221,8 +219,6 @@ def run_evaluate(options: EvaluateOptions) -> dict:
         ValueError: bad settings; reference statistics of another evaluator or resolution; an output
             begun with other settings (PlanMismatchError).
     """
-    import fsspec
-
     from evaluation.classifier import load_classifier
     from evaluation.features import build_feature_extractor
     from evaluation.report import write_report
@@ -242,7 +238,7 @@ def run_evaluate(options: EvaluateOptions) -> dict:
     classifier = load_classifier(options.classifier) if options.classifier else None
     labels = class_major_labels(resolved.classes, options.per_class)  # (N,)
     shards = plan_sample_shards(len(labels), options.shard_size)
-    fs, root = fsspec.core.url_to_fs(options.output, **(options.storage_options or {}))
+    fs, root = url_to_fs(options.output, options.storage_options)
     store = SampleStore(fs, root)
     store.ensure_plan(resolved.plan)
     store.ensure_evaluator(options.evaluator_key, evaluator.info.to_dict())

@@ -26,8 +26,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.object_store import url_to_fs
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class CheckpointStore:
 
     def __init__(self, uri: str, storage_options: dict | None = None):
         self.uri = uri.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
+        self.fs, self.root = url_to_fs(self.uri, storage_options)  # with our S3 retry defaults
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])

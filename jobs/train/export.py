@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from jobs.options import add_storage_options_argument, options_from_args
 from jobs.train.checkpoints import CheckpointError, CheckpointStore, step_dirname
+from pipeline.object_store import url_to_fs
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def export_checkpoint(
             model, {k: v.float() for k, v in state_dict.items()}, f"checkpoint step {step}"
         )
         sampling = SamplingConfig.from_dict(meta.extra.get("sampling") or {})
-        fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
+        fs, root = url_to_fs(out, storage_options)
         if isinstance(fs, LocalFileSystem):
             save_transformer(model, out, sampling=sampling)
         else:

@@ -12,12 +12,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from jobs.train.config import TrainJobConfig
 from jobs.train.metrics_log import MetricsLog, plot_loss_curve, read_metrics
+from pipeline.object_store import url_to_fs
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class RunOutputs:
 
     def __init__(self, config: TrainJobConfig, rank: int = 0):
         self.config = config
-        self.fs, self.remote_root = fsspec.core.url_to_fs(config.out, **config.storage_options)
+        self.fs, self.remote_root = url_to_fs(config.out, config.storage_options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.local_dir = Path(config.out) if self.is_local else Path(tempfile.mkdtemp(prefix="maskgit-run-"))
         self.local_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,445 @@
+"""A fault-injecting HTTP proxy on 127.0.0.1 between S3 clients and an S3 endpoint, for tests and benchmarks.
+
+`S3FaultProxy` listens on a free 127.0.0.1 port and relays HTTP/1.1 byte for byte to the upstream
+endpoint (the `Host` header is forwarded unchanged, so SigV4 signatures made for the proxy's address
+still verify). Per request it may inject one of three faults, at the rates of a `FaultConfig`:
+
+- `slowdown`: answer `503 SlowDown` with S3's XML error body (and `Retry-After` when configured)
+  without forwarding the request — S3's throttling answer;
+- `reset`: forward the request, then send the response headers and part of the body (part of the
+  header block when the body is empty) and reset the connection (RST) — a dropped connection;
+- `stall`: wait `stall_s` seconds, then forward — a slow server (a client whose read timeout is
+  shorter cuts the connection and retries).
+
+The decision for a request is a pure function of (seed, method, target, Range header, how many times
+this same request was seen before), so a run is reproducible whatever the interleaving of concurrent
+connections, and a retried request draws afresh. `counts` says what was injected.
+
+Bodies are streamed in both directions (Content-Length, `Transfer-Encoding: chunked` and S3's
+aws-chunked uploads, which ride on either), keep-alive connections are kept, HEAD and range GETs pass
+through. `Expect: 100-continue` is answered by the proxy itself (botocore does not sign that header).
+What the clients do about the faults is described in docs/architecture.md#object-storage-retries.
+
+    with LocalS3Server() as server, S3FaultProxy.for_server(server, FaultConfig.mixed(0.05)) as proxy:
+        fs = s3fs.S3FileSystem(**proxy.storage_options)
+        ...
+        print(proxy.counts)   # FaultCounts(requests=..., slowdown=..., reset=..., stall=...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import struct
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+FAULT_KINDS = ("slowdown", "reset", "stall")
+_CHUNK = 1 << 16
+_NO_BODY_STATUS = {204, 304}
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Per-request fault rates (each in [0, 1], summing to at most 1) and their parameters.
+
+    Attributes:
+        slowdown_rate: fraction of requests answered `503 SlowDown`.
+        reset_rate: fraction of requests whose response is cut mid-body by a connection reset.
+        stall_rate: fraction of requests held `stall_s` seconds before they are forwarded.
+        stall_s: length of a stall in seconds.
+        retry_after_s: `Retry-After` header of a SlowDown answer (None: no header, as S3 does).
+        seed: seeds the per-request decisions.
+    """
+
+    slowdown_rate: float = 0.0
+    reset_rate: float = 0.0
+    stall_rate: float = 0.0
+    stall_s: float = 2.0
+    retry_after_s: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        rates = {
+            "slowdown_rate": self.slowdown_rate,
+            "reset_rate": self.reset_rate,
+            "stall_rate": self.stall_rate,
+        }
+        for name, rate in rates.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {rate}")
+        if sum(rates.values()) > 1.0 + 1e-9:
+            raise ValueError(f"fault rates sum to {sum(rates.values())} > 1")
+        if self.stall_s < 0:
+            raise ValueError(f"stall_s must be >= 0, got {self.stall_s}")
+
+    @classmethod
+    def mixed(cls, rate: float, *, seed: int = 0, stall_s: float = 2.0) -> FaultConfig:
+        """`rate` of all requests faulted, split evenly between the three kinds."""
+        return cls(rate / 3, rate / 3, rate / 3, stall_s=stall_s, seed=seed)
+
+    @property
+    def rate(self) -> float:
+        """Fraction of requests faulted, all kinds together."""
+        return self.slowdown_rate + self.reset_rate + self.stall_rate
+
+
+class FaultCounts(NamedTuple):
+    """Requests seen and faults injected since start (or `reset_counts`)."""
+
+    requests: int
+    slowdown: int
+    reset: int
+    stall: int
+
+    @property
+    def faults(self) -> int:
+        return self.slowdown + self.reset + self.stall
+
+
+def _slowdown_response(method: str, target: str, retry_after_s: int | None) -> bytes:
+    request_id = uuid.uuid4().hex[:16].upper()
+    resource = urlsplit(target).path.replace("&", "&amp;").replace("<", "&lt;")
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+        "<Message>Please reduce your request rate.</Message>"
+        f"<Resource>{resource}</Resource><RequestId>{request_id}</RequestId></Error>"
+    ).encode()
+    headers = [
+        "HTTP/1.1 503 Slow Down",
+        "Content-Type: application/xml",
+        f"Content-Length: {0 if method == 'HEAD' else len(body)}",
+        f"x-amz-request-id: {request_id}",
+        "Connection: keep-alive",
+    ]
+    if retry_after_s is not None:
+        headers.append(f"Retry-After: {retry_after_s}")
+    head = ("\r\n".join(headers) + "\r\n\r\n").encode()
+    return head if method == "HEAD" else head + body
+
+
+class _Head(NamedTuple):
+    """A parsed HTTP message head: first line, headers (lower-cased name -> value), raw bytes."""
+
+    first_line: str
+    headers: dict[str, str]
+    raw: bytes
+
+    @classmethod
+    def parse(cls, raw: bytes) -> _Head:
+        lines = raw.decode("latin-1").split("\r\n")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        return cls(lines[0], headers, raw)
+
+    def body_framing(self) -> tuple[str, int]:
+        """("chunked", 0), ("length", n) or ("close", 0) (read until the connection closes)."""
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            return "chunked", 0
+        if "content-length" in self.headers:
+            return "length", int(self.headers["content-length"])
+        return "close", 0
+
+    def wants_close(self) -> bool:
+        return self.headers.get("connection", "").lower() == "close"
+
+
+async def _relay_body(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None, framing: tuple[str, int]
+) -> None:
+    """Copy one message body from `reader` to `writer` (None: discard it), raw, in pieces."""
+
+    async def copy(data: bytes) -> None:
+        if writer is not None and data:
+            writer.write(data)
+            await writer.drain()
+
+    kind, length = framing
+    if kind == "length":
+        while length > 0:
+            data = await reader.read(min(_CHUNK, length))
+            if not data:
+                raise ConnectionError("peer closed mid-body")
+            length -= len(data)
+            await copy(data)
+    elif kind == "chunked":
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            await copy(size_line)
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+            if size == 0:  # trailers, then an empty line
+                while True:
+                    line = await reader.readuntil(b"\r\n")
+                    await copy(line)
+                    if line == b"\r\n":
+                        return
+            remaining = size + 2  # the chunk and its CRLF
+            while remaining > 0:
+                data = await reader.read(min(_CHUNK, remaining))
+                if not data:
+                    raise ConnectionError("peer closed mid-chunk")
+                remaining -= len(data)
+                await copy(data)
+    else:
+        while data := await reader.read(_CHUNK):
+            await copy(data)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP RST (SO_LINGER 0) instead of an orderly FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+class S3FaultProxy:
+    """A fault-injecting reverse proxy for one S3 endpoint, on 127.0.0.1; `start()` / `stop()` or `with`.
+
+    Args:
+        upstream_url: the S3 endpoint, `http://127.0.0.1:PORT` (plain HTTP only).
+        faults: what to inject; may be replaced at any time through the `faults` attribute.
+        storage_options: the upstream's fsspec options; `storage_options` returns them with the
+            endpoint pointed at the proxy.
+    """
+
+    def __init__(
+        self, upstream_url: str, faults: FaultConfig | None = None, *, storage_options: dict | None = None
+    ):
+        parts = urlsplit(upstream_url)
+        if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost"):
+            raise ValueError(f"upstream must be http://127.0.0.1:PORT, got {upstream_url!r}")
+        self.upstream = (parts.hostname, parts.port or 80)
+        self.faults = faults or FaultConfig()
+        self._upstream_options = dict(storage_options or {})
+        self._port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str, str], int] = {}
+        self._counts = dict.fromkeys(("requests", *FAULT_KINDS), 0)
+        self._tasks: set[asyncio.Task] = set()
+
+    @classmethod
+    def for_server(cls, server: Any, faults: FaultConfig | None = None) -> S3FaultProxy:
+        """A proxy in front of a `demo.s3server.LocalS3Server` (its endpoint and credentials)."""
+        return cls(server.endpoint_url, faults, storage_options=server.storage_options)
+
+    # ------------------------------------------------------------------------------------------ API
+    @property
+    def endpoint_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("the proxy is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def storage_options(self) -> dict:
+        """The upstream's fsspec/s3fs options with the endpoint pointed at this proxy."""
+        options = dict(self._upstream_options)
+        options["client_kwargs"] = {**options.get("client_kwargs", {}), "endpoint_url": self.endpoint_url}
+        return options
+
+    @property
+    def counts(self) -> FaultCounts:
+        with self._lock:
+            return FaultCounts(**self._counts)
+
+    def reset_counts(self) -> None:
+        """Zero the counts (the per-request decision history is kept)."""
+        with self._lock:
+            self._counts = dict.fromkeys(self._counts, 0)
+
+    def start(self) -> S3FaultProxy:
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                self._server = loop.run_until_complete(
+                    asyncio.start_server(self._handle, "127.0.0.1", self._port or 0, limit=1 << 20)
+                )
+                self._port = self._server.sockets[0].getsockname()[1]
+            except BaseException as error:  # reported to start()
+                errors.append(error)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="s3-fault-proxy", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if errors:
+            self._thread = None
+            raise RuntimeError(f"the fault proxy could not listen on 127.0.0.1: {errors[0]!r}")
+        return self
+
+    def stop(self) -> None:
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+
+        async def shutdown() -> None:
+            assert self._server is not None
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+            loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop)
+        thread.join(timeout=10)
+        self._thread = self._loop = self._server = None
+
+    def __enter__(self) -> S3FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------------------------ internals
+    def _decide(self, method: str, target: str, range_header: str) -> str | None:
+        """The fault for this request (None: none), from the seed and the request's identity."""
+        faults = self.faults
+        parts = urlsplit(target)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        query = [(name, value) for name, value in query if not name.startswith("X-Amz-")]
+        key = (method, parts.path + "?" + urlencode(query), range_header)
+        with self._lock:
+            occurrence = self._seen.get(key, 0)
+            self._seen[key] = occurrence + 1
+            self._counts["requests"] += 1
+            if faults.rate <= 0:
+                return None
+            draw = random.Random(f"{faults.seed}\0{key}\0{occurrence}").random()
+            kind = None
+            for name, rate in zip(FAULT_KINDS, (faults.slowdown_rate, faults.reset_rate, faults.stall_rate)):
+                if draw < rate:
+                    kind = name
+                    break
+                draw -= rate
+            if kind is not None:
+                self._counts[kind] += 1
+            return kind
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        try:
+            while True:
+                try:
+                    raw = await client_reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return  # the client closed its keep-alive connection
+                request = _Head.parse(raw)
+                upstream, keep = await self._exchange(request, client_reader, client_writer, upstream)
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            client_writer.transport.abort()
+        finally:
+            self._tasks.discard(task)
+            if upstream is not None:
+                upstream[1].transport.abort()
+            with contextlib.suppress(Exception):
+                client_writer.close()
+
+    async def _exchange(self, request: _Head, client_reader, client_writer, upstream):
+        """Serve one request; returns (the upstream connection to reuse or None, keep the client?)."""
+        method, target = request.first_line.split(" ")[:2]
+        fault = self._decide(method, target, request.headers.get("range", ""))
+        framing = request.body_framing()
+        if framing[0] == "close":
+            framing = ("length", 0)  # a request without length or chunking has no body
+        expects_continue = request.headers.get("expect", "").lower() == "100-continue"
+        raw_head = request.raw
+        if expects_continue:  # answered here; the header is unsigned, so dropping it is safe
+            lines = [line for line in raw_head.split(b"\r\n") if not line.lower().startswith(b"expect:")]
+            raw_head = b"\r\n".join(lines)
+
+        if fault == "slowdown":
+            if expects_continue:  # a real server answers without reading the body; then we must close
+                client_writer.write(_slowdown_response(method, target, self.faults.retry_after_s))
+                await client_writer.drain()
+                return upstream, False
+            await _relay_body(client_reader, None, framing)
+            client_writer.write(_slowdown_response(method, target, self.faults.retry_after_s))
+            await client_writer.drain()
+            return upstream, not request.wants_close()
+        if fault == "stall":
+            await asyncio.sleep(self.faults.stall_s)
+
+        if upstream is None or upstream[0].at_eof():
+            if upstream is not None:
+                upstream[1].transport.abort()
+            upstream = await asyncio.open_connection(*self.upstream, limit=1 << 20)
+        up_reader, up_writer = upstream
+        up_writer.write(raw_head)
+        if expects_continue:
+            client_writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await client_writer.drain()
+        await _relay_body(client_reader, up_writer, framing)
+
+        while True:  # skip interim (1xx) answers
+            response = _Head.parse(await up_reader.readuntil(b"\r\n\r\n"))
+            status = int(response.first_line.split(" ")[1])
+            if status >= 200:
+                break
+        body_framing = response.body_framing()
+        if method == "HEAD" or status in _NO_BODY_STATUS:
+            body_framing = ("length", 0)
+
+        if fault == "reset":
+            await self._send_partial(response, body_framing, up_reader, client_writer)
+            up_writer.transport.abort()
+            raise ConnectionResetError("injected reset")
+
+        client_writer.write(response.raw)
+        await _relay_body(up_reader, client_writer, body_framing)
+        if body_framing[0] == "close" or response.wants_close():
+            up_writer.transport.abort()
+            return None, False
+        return upstream, not request.wants_close()
+
+    async def _send_partial(self, response: _Head, framing, up_reader, client_writer) -> None:
+        """Headers plus the first part of the body (or half the header block), then a reset."""
+        kind, length = framing
+        if kind == "length" and length < 2:
+            client_writer.write(response.raw[: len(response.raw) // 2])
+        else:
+            client_writer.write(response.raw)
+            want = length // 2 if kind == "length" else _CHUNK // 2
+            sent = 0
+            while sent < want:
+                data = await up_reader.read(min(_CHUNK, want - sent))
+                if not data:
+                    break
+                client_writer.write(data)
+                sent += len(data)
+        await client_writer.drain()
+        await asyncio.sleep(0.05)  # let the client read the partial answer before the reset arrives
+        _reset(client_writer)
+
+
+__all__ = ["FAULT_KINDS", "FaultConfig", "FaultCounts", "S3FaultProxy"]

@@ -1,0 +1,73 @@
+"""Filesystems for our readers and writers, with the object-store retry settings in one place.
+
+Every reader and writer of ours that opens a URL (token store reader and writer, the input sources,
+the tokenizer download, training checkpoints and outputs, export, evaluation) opens it through
+`url_to_fs` / `with_retry_defaults`, so an `s3://` client always gets botocore's retry mode and
+timeouts unless the caller's `storage_options["config_kwargs"]` says otherwise (a caller's key wins,
+key by key).
+
+What is retried where, for an S3 request (outermost last):
+
+1. botocore (`S3_CONFIG_DEFAULTS`): every request (GET, PUT, HEAD, LIST, multipart parts) up to
+   `max_attempts` retries after the first try, exponential backoff with jitter. Retried: throttling
+   (`503 SlowDown`; "adaptive" mode also slows the client's own request rate after one), other 5xx
+   answers, connection errors (refused, reset, closed before or while the response head arrives) and
+   timeouts: `connect_timeout`, and `read_timeout` for a server that stops answering (a stall shorter
+   than it is simply waited out; a longer one is cut and retried).
+2. s3fs (`S3FileSystem.retries`, 5 attempts, 0.1-0.8 s apart; a class attribute, not a storage
+   option): the whole call including reading the response *body*, which botocore does not retry — a
+   connection reset mid-body (`ClientPayloadError` / `ResponseStreamingError`) is refetched here,
+   as are `SlowDown` errors that outlived botocore's attempts.
+3. Our code retries only what neither library can: the streaming loader's `RetryPolicy`
+   (`pipeline.shard_cache.ShardSource`) refetches a shard whose checksum does not match (a truncated
+   transfer) and rides out a whole outage (a restarting server) with a fresh client. Writers have
+   no loop of their own: a shard, commit record or checkpoint file is one PUT that the layers above
+   retry; a job that still fails is rerun and resumes (the token store skips committed shards, a
+   training run restarts from its latest complete checkpoint).
+
+`demo.s3_fault_proxy` injects these three faults (SlowDown, reset mid-body, stall) in the tests
+(`tests/test_s3_faults.py`) and in `benchmarks/bench_s3_faults.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import fsspec
+
+# botocore Config keyword arguments (s3fs `config_kwargs`) for every s3:// client of ours.
+S3_CONFIG_DEFAULTS: dict[str, Any] = {
+    "retries": {"max_attempts": 5, "mode": "adaptive"},
+    "connect_timeout": 10,  # seconds to open a connection
+    "read_timeout": 60,  # seconds without a byte from the server before botocore cuts and retries
+}
+S3_PROTOCOLS = ("s3://", "s3a://")
+
+
+def with_retry_defaults(url: str | os.PathLike, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """`storage_options` plus `S3_CONFIG_DEFAULTS` under `config_kwargs` for an s3:// URL.
+
+    Keys the caller set in `config_kwargs` are kept; the input is not modified. Other URLs get the
+    options unchanged (a copy).
+    """
+    options = dict(storage_options or {})
+    if os.fspath(url).startswith(S3_PROTOCOLS):
+        config = copy.deepcopy(S3_CONFIG_DEFAULTS)
+        config.update(options.get("config_kwargs") or {})
+        options["config_kwargs"] = config
+    return options
+
+
+def url_to_fs(url: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """`fsspec.core.url_to_fs` with our retry defaults: (filesystem, path inside it)."""
+    return fsspec.core.url_to_fs(os.fspath(url), **with_retry_defaults(url, storage_options))
+
+
+def open_file(url: str | os.PathLike, mode: str = "rb", storage_options: dict[str, Any] | None = None):
+    """`fsspec.open` with our retry defaults (use as a context manager)."""
+    return fsspec.open(os.fspath(url), mode, **with_retry_defaults(url, storage_options))
+
+
+__all__ = ["S3_CONFIG_DEFAULTS", "open_file", "url_to_fs", "with_retry_defaults"]
