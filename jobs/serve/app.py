@@ -33,13 +33,14 @@ Entry points:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import time
-import typing
+from dataclasses import dataclass
 from typing import Any
 
+from jobs.options import add_ray_address_argument, add_storage_options_argument, options_from_args
+from jobs.ray_session import connect_ray, resolve_ray_address
 from jobs.serve.schema import ServeOptions
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def _deployments():
                 name=opts.display_name,
                 device=opts.device,
                 autocast_bf16=opts.autocast_bf16,
+                storage_options=opts.storage_options,
             )
             self._sample_batch.set_max_batch_size(opts.max_batch_images)
             self._sample_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
@@ -188,12 +190,10 @@ def start_server(options: ServeOptions, *, ray_address: str | None = None) -> st
     Returns:
         e.g. "http://127.0.0.1:8000"; `POST {url}/v1/generate`.
     """
-    import ray
     from ray import serve
 
     check_checkpoints(options)
-    if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, logging_level=logging.WARNING)
+    connect_ray(ray_address)  # stays up for the app; stop_server() shuts it down
     serve.start(http_options={"host": options.host, "port": options.port})
     serve.run(
         build_app(options),
@@ -219,48 +219,117 @@ def stop_server(*, shutdown_ray: bool = True) -> None:
 # ---------------------------------------------------------------------------------------------------
 # CLI
 
-_CLI_FIELDS = {
-    "transformer": "transformer checkpoint folder (or reference .pth)",
-    "tokenizer": "VQGAN checkpoint folder (or taming checkpoint)",
-    "model_name": "public model name (default: the transformer folder's name)",
-    "host": "HTTP bind address",
-    "port": "HTTP port",
-    "route_prefix": "URL prefix",
-    "replicas": "sampler replicas",
-    "min_replicas": "autoscaling minimum (with --max-replicas)",
-    "max_replicas": "enable autoscaling up to this many sampler replicas",
-    "num_gpus": "GPUs per sampler replica",
-    "num_cpus": "CPUs per sampler replica",
-    "device": "auto | cpu | cuda",
-    "max_batch_images": "most images per sampler call",
-    "batch_wait_timeout_s": "seconds a partial batch waits for more requests",
-    "max_images_per_request": "limit on images per request",
-    "max_steps": "limit on decoding steps",
-    "max_payload_bytes": "limit on request body size",
-    "max_image_side": "limit on uploaded image sides",
-}
+
+@dataclass(frozen=True)
+class ServeRun:
+    """How `maskgit serve` runs the application (what to serve is `ServeOptions`).
+
+    Attributes:
+        ray_address: Ray cluster to join (see `jobs.ray_session`; None: $RAY_ADDRESS, else a local Ray).
+        duration: serve this many seconds, then stop (None: until Ctrl-C).
+        detach: return once serving; the app keeps running on the cluster (needs a cluster to join).
+    """
+
+    ray_address: str | None = None
+    duration: float | None = None
+    detach: bool = False
+
+    def __post_init__(self) -> None:
+        if self.detach and not resolve_ray_address(self.ray_address):
+            # A cluster this process starts dies with it; detaching needs one that outlives the command.
+            raise ValueError(
+                "--detach needs a running Ray cluster (ray start --head) given by --ray-address or "
+                "RAY_ADDRESS"
+            )
+
+
+def run_serve(options: ServeOptions, run: ServeRun) -> str:
+    """Serve `options` until `run.duration` passes or Ctrl-C (at once with `run.detach`); returns the URL."""
+    url = start_server(options, ray_address=run.ray_address)
+    print(f"serving {options.display_name} at {url}  (API docs: {url}/docs)", flush=True)
+    if run.detach:
+        return url
+    try:
+        deadline = None if run.duration is None else time.monotonic() + run.duration
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        stop_server()
+    return url
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `serve` subcommand."""
+    """Add the `serve` subcommand; flag dests are `ServeOptions` and `ServeRun` fields."""
     parser = subparsers.add_parser(
         "serve",
         help="serve generation and inpainting over HTTP (Ray Serve)",
         description="Start Ray Serve with the MaskGIT sampler: POST /v1/generate, POST /v1/inpaint, "
         "GET /v1/health, GET /v1/models, /docs. Blocks until Ctrl-C unless --duration or --detach.",
     )
-    hints = typing.get_type_hints(ServeOptions)
-    defaults = {f.name: f.default for f in dataclasses.fields(ServeOptions)}
-    for name, help_text in _CLI_FIELDS.items():
-        flag = "--" + name.replace("_", "-")
-        kind = next(t for t in typing.get_args(hints[name]) or (hints[name],) if t is not type(None))
-        required = name in ("transformer", "tokenizer")
-        default = None if required else defaults[name]
-        parser.add_argument(
-            flag, dest=name, type=kind, required=required, default=default, help=f"{help_text} ({default})"
-        )
-    parser.add_argument("--bf16", dest="autocast_bf16", action="store_true", help="bfloat16 autocast")
-    parser.add_argument("--ray-address", default=None, help="Ray cluster (default: local or RAY_ADDRESS)")
+    d = ServeOptions(transformer="-", tokenizer="-")
+    add = parser.add_argument
+    add("--transformer", required=True, help="transformer checkpoint folder (or reference .pth)")
+    add("--tokenizer", required=True, help="VQGAN checkpoint folder (or taming checkpoint)")
+    add(
+        "--model-name",
+        default=d.model_name,
+        help="public model name (default: the transformer folder's name)",
+    )
+    add("--host", default=d.host, help=f"HTTP bind address ({d.host})")
+    add("--port", type=int, default=d.port, help=f"HTTP port ({d.port})")
+    add("--route-prefix", default=d.route_prefix, help=f"URL prefix ({d.route_prefix})")
+    add("--replicas", type=int, default=d.replicas, help=f"sampler replicas ({d.replicas})")
+    add(
+        "--min-replicas",
+        type=int,
+        default=d.min_replicas,
+        help=f"autoscaling minimum, with --max-replicas ({d.min_replicas})",
+    )
+    add(
+        "--max-replicas",
+        type=int,
+        default=d.max_replicas,
+        help="enable autoscaling up to this many sampler replicas",
+    )
+    add("--num-gpus", type=float, default=d.num_gpus, help=f"GPUs per sampler replica ({d.num_gpus})")
+    add("--num-cpus", type=float, default=d.num_cpus, help=f"CPUs per sampler replica ({d.num_cpus})")
+    add("--device", default=d.device, help=f"auto | cpu | cuda ({d.device})")
+    add_storage_options_argument(parser)
+    add(
+        "--max-batch-images",
+        type=int,
+        default=d.max_batch_images,
+        help=f"most images per sampler call ({d.max_batch_images})",
+    )
+    add(
+        "--batch-wait-timeout-s",
+        type=float,
+        default=d.batch_wait_timeout_s,
+        help=f"seconds a partial batch waits for more requests ({d.batch_wait_timeout_s})",
+    )
+    add(
+        "--max-images-per-request",
+        type=int,
+        default=d.max_images_per_request,
+        help=f"limit on images per request ({d.max_images_per_request})",
+    )
+    add("--max-steps", type=int, default=d.max_steps, help=f"limit on decoding steps ({d.max_steps})")
+    add(
+        "--max-payload-bytes",
+        type=int,
+        default=d.max_payload_bytes,
+        help=f"limit on request body size ({d.max_payload_bytes})",
+    )
+    add(
+        "--max-image-side",
+        type=int,
+        default=d.max_image_side,
+        help=f"limit on uploaded image sides ({d.max_image_side})",
+    )
+    add("--bf16", dest="autocast_bf16", action="store_true", help="bfloat16 autocast")
+    add_ray_address_argument(parser)
     stop = parser.add_mutually_exclusive_group()
     stop.add_argument("--duration", type=float, default=None, help="serve this many seconds, then stop")
     stop.add_argument(
@@ -270,23 +339,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    values = {name: getattr(args, name) for name in (*_CLI_FIELDS, "autocast_bf16")}
-    options = ServeOptions(**values)
-    if args.detach and not (args.ray_address or os.environ.get("RAY_ADDRESS")):
-        # A cluster this process starts dies with it; detaching needs one that outlives the command.
-        raise ValueError(
-            "--detach needs a running Ray cluster (ray start --head) given by --ray-address or RAY_ADDRESS"
-        )
-    url = start_server(options, ray_address=args.ray_address)
-    print(f"serving {options.display_name} at {url}  (API docs: {url}/docs)", flush=True)
-    if args.detach:
-        return 0
-    try:
-        deadline = None if args.duration is None else time.monotonic() + args.duration
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        print("stopping", flush=True)
-    finally:
-        stop_server()
+    run = options_from_args(ServeRun, args)  # checks --detach before anything starts
+    run_serve(options_from_args(ServeOptions, args), run)
     return 0
