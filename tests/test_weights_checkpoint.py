@@ -203,9 +203,7 @@ def test_both_models_round_trip_through_s3(s3_server):
 
     model = transformer()
     sampling = SamplingConfig(steps=6, cfg_weight=2.0)
-    url = save_transformer(
-        model, f"{root}/transformer", sampling, class_names=NAMES, storage_options=options
-    )
+    url = save_transformer(model, f"{root}/transformer", sampling, class_names=NAMES, storage_options=options)
     assert same_state(load_transformer(url, storage_options=options), model)
     assert same_state(load_transformer(f"{url}/config.json", storage_options=options), model)
     assert read_transformer_config(url, storage_options=options) == CONFIG
