@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from transformer.config import SamplingConfig
+from transformer.halton_order import halton_order, halton_tokens_per_step
 from transformer.masking import tokens_per_step
 from transformer.model import unwrap_model
 
@@ -90,6 +91,42 @@ def gumbel_scale_at(step: int, steps: int, gumbel_temperature: float) -> float:
     if steps == 1:
         return 0.0
     return gumbel_temperature * (1.0 - step / (steps - 1))
+
+
+def temperature_at(
+    step: int, steps: int, temperature: float, temperature_end: float | None, temperature_warmup: int
+) -> float:
+    """Softmax temperature at global step `step`: `temperature`, or with `temperature_end` the one whose
+    logit multiplier 1/τ runs linearly from 1/temperature to 1/temperature_end; doubled during the
+    first `temperature_warmup` steps (the v2 reference halves its multiplier there)."""
+    value = temperature
+    if temperature_end is not None:
+        start, end = 1.0 / temperature, 1.0 / temperature_end
+        fraction = step / (steps - 1) if steps > 1 else 0.0
+        value = 1.0 / (start + (end - start) * fraction)
+    if step < temperature_warmup:
+        value = value * 2.0
+    return value
+
+
+def _halton_ranks(
+    masked: torch.Tensor, grid: int, generators: list[torch.Generator], randomize: bool
+) -> torch.Tensor:
+    """LongTensor[B, N]: each masked position's place among the sample's masked positions in its
+    Halton order (rolled by an offset from the sample's generator when `randomize`); unmasked
+    positions rank last."""
+    batch, num_tokens = masked.shape
+    order = halton_order(grid)  # (N,) raster positions in decoding order
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(num_tokens)  # (N,) place of each position in the order
+    if randomize:  # torch.roll(order, s) puts order[k] at (k + s) mod N
+        offsets = torch.cat([torch.randint(0, num_tokens, (1,), generator=g) for g in generators])  # (B,)
+        ranks = (rank[None, :] + offsets[:, None]) % num_tokens  # (B, N)
+    else:
+        ranks = rank[None, :].expand(batch, num_tokens)
+    ranks = ranks.to(masked.device)
+    priority = torch.where(masked, ranks, ranks + num_tokens)  # masked positions first, in order
+    return priority.argsort(dim=1).argsort(dim=1)  # (B, N)
 
 
 def _as_class_ids(class_ids: torch.Tensor | Sequence[int], num_classes: int) -> torch.Tensor:
@@ -161,6 +198,11 @@ def sample(
     gumbel_temperature: float = 4.5,
     cfg_weight: float = 3.0,
     cfg_schedule: str = "linear",
+    order: str = "confidence",
+    randomize_order: bool = False,
+    temperature_end: float | None = None,
+    temperature_warmup: int = 0,
+    top_k: int = 0,
     init_tokens: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | torch.Tensor | None = None,
@@ -181,7 +223,16 @@ def sample(
         temperature: logits are divided by it (> 0). Reference `sm_temp` s = temperature 1/s.
         gumbel_temperature: Gumbel noise scale on log-confidences at the first step (decays to 0).
         cfg_weight: classifier-free guidance weight w (0 = conditional only, one B-sized forward).
-        cfg_schedule: "linear" (0 → w, reference) or "constant".
+        cfg_schedule: "linear" (0 → w, v1 reference) or "constant" (v2 reference).
+        order: "confidence" (v1: reveal the most confident samples) or "halton" (v2: reveal the next
+            cells of the Halton permutation, counted by the v2 step table; `schedule` must be "arccos",
+            `gumbel_temperature` is unused). Either order works with either transformer family.
+        randomize_order: with order "halton", roll each sample's permutation by an offset drawn
+            from its seed.
+        temperature_end: None = `temperature` at every step; else the logit multiplier 1/τ moves
+            linearly from 1/temperature to 1/temperature_end (v2's `sm_temp_min` → `sm_temp_max`).
+        temperature_warmup: the first this-many steps use twice the temperature (v2's warm-up).
+        top_k: if > 0, sample among the k most probable codes only.
         init_tokens: optional LongTensor[B, h, w]; codes are kept, `mask_token_id` entries are decoded
             (inpainting / editing). Each sample's schedule spans its own masked count.
         generator: draws the per-sample seeds when `seeds` is not given.
@@ -203,6 +254,11 @@ def sample(
         gumbel_temperature=gumbel_temperature,
         cfg_weight=cfg_weight,
         cfg_schedule=cfg_schedule,
+        order=order,
+        randomize_order=randomize_order,
+        temperature_end=temperature_end,
+        temperature_warmup=temperature_warmup,
+        top_k=top_k,
     )
     if not 0 <= start_step < steps:
         raise ValueError(f"start_step must be in [0, steps={steps}), got {start_step}")
@@ -212,11 +268,14 @@ def sample(
     tokens = _initial_tokens(init_tokens, batch, grid, config.mask_token_id, device)  # (B, N)
     masked = tokens == config.mask_token_id  # (B, N)
     generators = per_sample_generators(batch, seeds=seeds, generator=generator)
-    counts = torch.tensor(
-        [tokens_per_step(int(n), steps, schedule, start_step=start_step) for n in masked.sum(dim=1).tolist()],
-        dtype=torch.long,
-        device=device,
-    )  # (B, T')
+    to_reveal = masked.sum(dim=1).tolist()
+    if order == "halton":
+        step_counts = [halton_tokens_per_step(n, steps, start_step=start_step) for n in to_reveal]
+        halton_rank = _halton_ranks(masked, grid, generators, randomize_order)  # (B, N)
+    else:
+        step_counts = [tokens_per_step(n, steps, schedule, start_step=start_step) for n in to_reveal]
+    counts = torch.tensor(step_counts, dtype=torch.long, device=device)  # (B, T')
+    revealed_before = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) Halton order only
     total_steps = steps - start_step
     no_drop = torch.zeros(batch, dtype=torch.bool, device=device)
     trace_predictions, trace_masks, trace_revealed = [], [], []
@@ -239,6 +298,10 @@ def sample(
             reveal = remaining if is_last else torch.minimum(counts[:, index], remaining)  # per-sample guard
             predictions = tokens.clone()
             if int(reveal.sum()) > 0:
+                if order == "halton":  # the next cells of each sample's Halton order
+                    query = masked & (halton_rank < (revealed_before + reveal)[:, None])  # (B, N)
+                else:  # every masked position competes on confidence
+                    query = masked
                 omega = cfg_weight_at(step, steps, cfg_weight, cfg_schedule)
                 if omega > 0:
                     # One batched forward: conditional half, then unconditional half.
@@ -246,31 +309,40 @@ def sample(
                         tokens.view(batch, grid, grid).repeat(2, 1, 1),
                         class_ids.repeat(2),
                         torch.cat([no_drop, ~no_drop]),
-                        positions=masked.repeat(2, 1),
+                        positions=query.repeat(2, 1),
                     ).float()  # (2M, K)
                     conditional, unconditional = logits.chunk(2)
                     logits = conditional + omega * (conditional - unconditional)  # (M, K)
                 else:
                     logits = model(
-                        tokens.view(batch, grid, grid), class_ids, no_drop, positions=masked
+                        tokens.view(batch, grid, grid), class_ids, no_drop, positions=query
                     ).float()  # (M, K)
-                log_probs = torch.log_softmax(logits / temperature, dim=-1)  # (M, K)
+                if top_k > 0 and top_k < logits.shape[-1]:
+                    kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (M, 1)
+                    logits = logits.masked_fill(logits < kth, -math.inf)
+                tau = temperature_at(step, steps, temperature, temperature_end, temperature_warmup)
+                log_probs = torch.log_softmax(logits / tau, dim=-1)  # (M, K)
                 # Inverse-CDF sampling with the sample's own uniforms (batch-independent, unlike multinomial).
                 cdf = log_probs.exp().cumsum(dim=-1)  # (M, K)
-                target = uniforms[masked][:, None] * cdf[:, -1:]  # (M, 1)
+                target = uniforms[query][:, None] * cdf[:, -1:]  # (M, 1)
                 sampled = torch.searchsorted(cdf, target, right=True).clamp_max(
                     config.codebook_size - 1
                 )  # (M, 1)
-                confidence = log_probs.gather(1, sampled).squeeze(1)  # (M,)
-                confidence = confidence + gumbel_scale_at(step, steps, gumbel_temperature) * gumbels[masked]
-                # Finite, so a masked position always outranks the −inf of decided ones.
-                confidence = confidence.clamp_min(torch.finfo(torch.float32).min)
-                scores = torch.full(masked.shape, -math.inf, device=device)  # (B, N)
-                scores[masked] = confidence
-                predictions[masked] = sampled.squeeze(1)
-                chosen = _select_most_confident(scores, reveal) & masked  # (B, N)
+                predictions[query] = sampled.squeeze(1)
+                if order == "halton":
+                    chosen = query
+                else:
+                    confidence = log_probs.gather(1, sampled).squeeze(1)  # (M,)
+                    noise_scale = gumbel_scale_at(step, steps, gumbel_temperature)
+                    confidence = confidence + noise_scale * gumbels[masked]
+                    # Finite, so a masked position always outranks the −inf of decided ones.
+                    confidence = confidence.clamp_min(torch.finfo(torch.float32).min)
+                    scores = torch.full(masked.shape, -math.inf, device=device)  # (B, N)
+                    scores[masked] = confidence
+                    chosen = _select_most_confident(scores, reveal) & masked  # (B, N)
                 tokens = torch.where(chosen, predictions, tokens)
                 masked = masked & ~chosen
+            revealed_before = revealed_before + reveal
             if return_trace:
                 trace_predictions.append(predictions.view(batch, grid, grid))
                 trace_masks.append(masked.view(batch, grid, grid).clone())
