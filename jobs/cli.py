@@ -22,6 +22,7 @@ COMMAND_MODULES = (  # in pipeline order, which is the order `maskgit --help` li
     "jobs.sample",
     "jobs.serve.app",
     "jobs.evaluate.job",
+    "jobs.evaluate.fid_stats",
 )
 
 

@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from evaluation.features import EVALUATORS
-from jobs.options import add_storage_options_argument, parse_storage_options
+from jobs.options import add_storage_options_argument, options_from_args
 from pipeline.object_store import open_file
 
 log = logging.getLogger(__name__)
@@ -152,10 +152,7 @@ def add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    names = {field.name for field in dataclasses.fields(FidStatsOptions)}
-    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    values["storage_options"] = parse_storage_options(args.storage_options)
-    stats = run_fid_stats(FidStatsOptions(**values))
+    stats = run_fid_stats(options_from_args(FidStatsOptions, args))
     print(
         f"wrote {args.out}: {stats.count} images, evaluator {stats.evaluator}, "
         f"minmax_stretch={stats.minmax_stretch}, {len(stats.kept_features)} features kept"
@@ -163,8 +160,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    """Add the `fid-stats` subcommand."""
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `fid-stats` subcommand; every flag's dest is a `FidStatsOptions` field."""
     parser = subparsers.add_parser(
         "fid-stats",
         help="reference statistics (mean, covariance, features) of an image set, to .npz",
