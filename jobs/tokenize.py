@@ -257,7 +257,7 @@ class _Plan(NamedTuple):
 def _plan(options: TokenizeOptions) -> _Plan:
     """List the input, identify the tokenizer and work out the settings the store pins."""
     from pipeline.sources import load_class_map, plan_sources
-    from pipeline.tokenize import local_tokenizer_path, tokenizer_identity
+    from pipeline.tokenize import tokenizer_identity
     from tokenizer.config import VQGANConfig
 
     so = options.storage_options
@@ -269,7 +269,7 @@ def _plan(options: TokenizeOptions) -> _Plan:
         class_map=class_map,
         storage_options=so,
     )
-    identity = tokenizer_identity(local_tokenizer_path(options.tokenizer, so))
+    identity = tokenizer_identity(options.tokenizer, so)
     config = VQGANConfig.from_dict(identity["config"])
     grid = config.grid_shape(options.resolution, options.resolution)
     if config.codebook_size > 65536:

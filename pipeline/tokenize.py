@@ -15,46 +15,26 @@ Shapes: B images, R×R pixels, V views (1, or 2 with the flip), h×w token grid 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
 
 from pipeline.images import to_model_input
-from pipeline.object_store import url_to_fs
 
 
-def local_tokenizer_path(url: str, storage_options: dict[str, Any] | None = None) -> str:
-    """A local path holding the tokenizer at `url`: the path itself, or a download of a remote folder.
+def tokenizer_identity(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{"config": tokenizer config dict, "weights_sha256": digest of the weights}: what a store records.
 
-    Raises:
-        FileNotFoundError: nothing at `url`.
+    `path` is a local path or a URL; our folders are identified from their `config.json` alone.
     """
-    fs, path = url_to_fs(url, storage_options)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"tokenizer {url} does not exist")
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
-        return path
-    target = tempfile.mkdtemp(prefix="maskgit-tokenizer-")
-    if fs.isdir(path):
-        fs.get(f"{path.rstrip('/')}/", target + "/", recursive=True)
-        return target
-    local = os.path.join(target, os.path.basename(path))
-    fs.get(path, local)
-    return local
-
-
-def tokenizer_identity(path: str) -> dict[str, Any]:
-    """{"config": VQGANConfig dict, "weights_sha256": digest of the weights file}: what a store records."""
     from tokenizer.checkpoint import load_vqgan, read_vqgan_config, weights_digest
 
     try:
-        config = read_vqgan_config(path)
+        config = read_vqgan_config(path, storage_options=storage_options)
     except (FileNotFoundError, ValueError):  # a foreign checkpoint: its config comes from loading it
-        config = load_vqgan(path).config
-    return {"config": config.to_dict(), "weights_sha256": weights_digest(path)}
+        config = load_vqgan(path, storage_options=storage_options).config
+    digest = weights_digest(path, storage_options=storage_options)
+    return {"config": config.to_dict(), "weights_sha256": digest}
 
 
 class TokenizeBatch:
@@ -89,7 +69,7 @@ class TokenizeBatch:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_vqgan(local_tokenizer_path(tokenizer, storage_options), map_location=self.device)
+        self.model = load_vqgan(tokenizer, map_location=self.device, storage_options=storage_options)
         self.model.eval().requires_grad_(False)
         if self.model.config.codebook_size > 65536:
             raise ValueError(

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from generation import blend_into
 from jobs.cli import main as cli_main
-from jobs.sample import blend_edit
 from pipeline.images import encode_png
 from tokenizer import PRESETS as VQGAN_PRESETS
 from tokenizer import VQGAN, save_vqgan
@@ -101,7 +101,7 @@ def test_blend_uses_a_blurred_mask():
     generated = np.full((1, 32, 32, 3), 200, np.uint8)
     region = np.zeros((8, 8), bool)
     region[3:5, 3:5] = True
-    blended = blend_edit(generated, original, region)  # default radius 32/16 - 1 = 1 px
+    blended = blend_into(generated, original, region)  # default radius 32/16 - 1 = 1 px
     assert blended[0, 16, 16, 0] == 200  # deep inside
     assert blended[0, 0, 0, 0] == 0  # far outside
     edge = blended[0, 12, 10:14, 0]

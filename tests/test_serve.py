@@ -128,7 +128,7 @@ def test_engine_inpaint_keeps_known_tokens_and_far_pixels(engine, tiny_models):
     region[2:6, 3:7] = True  # pixels 8..23 × 12..27
     job = SampleJob("inpaint", (4, 4), (7, 8), SAMPLING, "tokens", image, region)
     tokens = engine.run([job])[0].tokens
-    known = engine.vqgan.encode_to_indices(to_model_input(image[None]))[0].numpy()
+    known = engine.pipe.encode(image[None])[0].cpu().numpy()
     np.testing.assert_array_equal(tokens[:, ~region], np.broadcast_to(known[~region], (2, (~region).sum())))
     pngs = engine.run([replace(job, output="png")])[0].pngs
     for png in pngs:
@@ -282,7 +282,7 @@ def test_inpaint_box_and_mask(server, engine):
     assert mask_reply.status_code == 200, mask_reply.text
     grid = np.array(mask_reply.json()["images"][0]["tokens"])
     assert grid.shape == (8, 8)
-    known = engine.vqgan.encode_to_indices(to_model_input(image[None]))[0].numpy()
+    known = engine.pipe.encode(image[None])[0].cpu().numpy()
     outside = np.ones((8, 8), dtype=bool)
     outside[5:7, 1:3] = False
     np.testing.assert_array_equal(grid[outside], known[outside])

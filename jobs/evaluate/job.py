@@ -19,16 +19,17 @@ the evaluator and the sampling settings next to every number (evaluation.report)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from evaluation.metrics import FID_SQRT_METHODS
-from jobs.evaluate.options import SAMPLING_KNOBS, EvaluateOptions
+from jobs.evaluate.options import EvaluateOptions
+from jobs.options import add_ray_address_argument
+from jobs.ray_session import ray_session
 from pipeline.object_store import url_to_fs
 
 GRID_CLASSES, GRID_PER_CLASS = 10, 8
@@ -55,8 +56,8 @@ class _EvaluateWorker:
 
         from evaluation.features import build_feature_extractor
         from evaluation.sample_store import SampleStore
-        from tokenizer import load_vqgan
-        from transformer import load_transformer
+        from generation import MaskGIT
+        from transformer import SamplingConfig
 
         cuda = torch.cuda.is_available() and bool(ray.get_gpu_ids())
         self.device = torch.device("cuda" if cuda else "cpu")
@@ -64,9 +65,13 @@ class _EvaluateWorker:
             torch.set_num_threads(
                 options.threads_per_worker or max(1, (os.cpu_count() or 1) // options.workers)
             )
-        self.options, self.sampling, self.run_id = options, resolved.sampling, run_id
-        self.model = load_transformer(resolved.transformer, map_location=self.device)
-        self.vqgan = load_vqgan(resolved.tokenizer, map_location=self.device)
+        self.options, self.run_id = options, run_id
+        self.sampling = SamplingConfig.from_dict(resolved.sampling)
+        # Read from the URLs on this worker: a path local to the driver may not exist on its node.
+        self.pipe = MaskGIT.load(
+            options.transformer, options.tokenizer, device=self.device, bf16=options.precision == "bf16",
+            storage_options=options.storage_options,
+        )  # fmt: skip
         self.evaluator = build_feature_extractor(
             options.evaluator,
             inception_weights=options.inception_weights,
@@ -77,25 +82,10 @@ class _EvaluateWorker:
 
     def _sample(self, class_ids: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         """(n, H, W, 3) uint8 images of the given classes, sample j drawn with seeds[j]."""
-        import contextlib
-
-        import torch
-
-        from pipeline.images import to_uint8_images
-        from transformer import sample
-
-        bf16 = self.options.precision == "bf16"
-        images = []
-        for start in range(0, len(seeds), self.options.batch_size):
-            part = slice(start, start + self.options.batch_size)
-            autocast = (
-                torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-            )
-            with torch.no_grad(), autocast:
-                ids, batch_seeds = torch.as_tensor(np.array(class_ids[part])), seeds[part].tolist()
-                tokens = sample(self.model, ids, seeds=batch_seeds, **self.sampling).tokens  # (b, h, w)
-                images.append(to_uint8_images(self.vqgan.decode_from_indices(tokens)))  # (b, H, W, 3)
-        return np.concatenate(images)
+        result = self.pipe.generate(
+            class_ids, seeds=seeds.tolist(), sampling=self.sampling, batch_size=self.options.batch_size
+        )
+        return result.images
 
     def run_shard(self, index: int, start: int, labels: np.ndarray, needs_samples: bool) -> int:
         """Sample shard `index` (unless committed), then compute and commit its features."""
@@ -117,35 +107,26 @@ class _EvaluateWorker:
         return index
 
 
-def _file_sha256(path: str) -> str:
-    path = os.path.join(path, "model.safetensors") if os.path.isdir(path) else path
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _resolve(options: EvaluateOptions) -> _Resolved:
-    from pipeline.tokenize import local_tokenizer_path, tokenizer_identity
+    """Read both models' configs (from their URLs, without downloading the weights), check that they fit
+    together, and pin the settings of the run."""
+    from generation import check_compatible, resolve_sampling
+    from pipeline.tokenize import tokenizer_identity
     from tokenizer import VQGANConfig
-    from transformer import SamplingConfig, load_sampling_config, read_transformer_config
+    from transformer import load_sampling_config, read_transformer_config
+    from weights import weights_digest
 
     so = options.storage_options
-    transformer = local_tokenizer_path(options.transformer, so)  # generic: a local copy of a remote path
-    tokenizer = local_tokenizer_path(options.tokenizer, so)
-    config = read_transformer_config(transformer)
-    identity = tokenizer_identity(tokenizer)
-    image_size = config.grid_size * VQGANConfig.from_dict(identity["config"]).downsample_factor
-    overrides = {
-        knob: getattr(options, knob) for knob in SAMPLING_KNOBS if getattr(options, knob) is not None
-    }
-    sampling = SamplingConfig(**{**load_sampling_config(transformer).to_dict(), **overrides}).as_kwargs()
+    config = read_transformer_config(options.transformer, storage_options=so)
+    identity = tokenizer_identity(options.tokenizer, storage_options=so)
+    image_size = check_compatible(config, VQGANConfig.from_dict(identity["config"]))
+    stored = load_sampling_config(options.transformer, storage_options=so)
+    sampling = resolve_sampling(stored, options.sampling).to_dict()
     classes = list(options.classes) if options.classes is not None else list(range(config.num_classes))
     if not classes or min(classes) < 0 or max(classes) >= config.num_classes:
         raise ValueError(f"--classes must lie in [0, {config.num_classes}), got {classes}")
     plan = {
-        "transformer_sha256": _file_sha256(transformer),
+        "transformer_sha256": weights_digest(options.transformer, storage_options=so),
         "tokenizer": identity,
         "sampling": sampling,
         "precision": options.precision,
@@ -154,7 +135,7 @@ def _resolve(options: EvaluateOptions) -> _Resolved:
         "seed": options.seed,
         "shard_size": options.shard_size,
     }
-    return _Resolved(transformer, tokenizer, image_size, sampling, classes, plan)
+    return _Resolved(options.transformer, options.tokenizer, image_size, sampling, classes, plan)
 
 
 def _load_reference(options: EvaluateOptions, image_size: int):
@@ -184,11 +165,7 @@ def _run_pending(options: EvaluateOptions, resolved: _Resolved, pending: list, l
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        address = options.ray_address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, num_cpus=None if address else options.num_cpus, include_dashboard=False)
-    try:
+    with ray_session(options.ray_address, num_cpus=options.num_cpus):
         gpus = options.num_gpus_per_worker
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -203,9 +180,82 @@ def _run_pending(options: EvaluateOptions, resolved: _Resolved, pending: list, l
         )
         for _ in tqdm(done, total=len(pending), desc="shards", unit="shard", disable=not options.progress):
             pass
-    finally:
-        if owns_ray:
-            ray.shutdown()
+
+
+class _Run(NamedTuple):
+    """An evaluation's output folder, opened and checked against the run's settings."""
+
+    evaluator: Any  # evaluation.features feature extractor (on the driver, for its description)
+    resolved: _Resolved
+    reference: Any  # evaluation.stats.FeatureStatistics
+    labels: np.ndarray  # (N,) class of every planned sample, class-major
+    shards: list  # evaluation.sample_store's shard plan
+    store: Any  # evaluation.sample_store.SampleStore
+    root: str
+    filesystem: Any  # fsspec filesystem of `root`
+
+
+def _open_run(options: EvaluateOptions) -> _Run:
+    """Check the evaluator, models and reference statistics, then open (or begin) the output."""
+    import fsspec
+
+    from evaluation.features import build_feature_extractor
+    from evaluation.sample_store import SampleStore, class_major_labels, plan_sample_shards
+
+    # Built here too: fails early on a missing weights file, and describes the evaluator.
+    evaluator = build_feature_extractor(
+        options.evaluator,
+        inception_weights=options.inception_weights,
+        minmax_stretch=options.minmax_stretch,
+        device="cpu",
+    )
+    resolved = _resolve(options)
+    reference = _load_reference(options, resolved.image_size)
+    labels = class_major_labels(resolved.classes, options.per_class)  # (N,)
+    shards = plan_sample_shards(len(labels), options.shard_size)
+    fs, root = fsspec.core.url_to_fs(options.output, **(options.storage_options or {}))
+    store = SampleStore(fs, root)
+    store.ensure_plan(resolved.plan)
+    store.ensure_evaluator(options.evaluator_key, evaluator.info.to_dict())
+    return _Run(evaluator, resolved, reference, labels, shards, store, root, fs)
+
+
+def _score(options: EvaluateOptions, run: _Run):
+    """FID / IS / PRDC of every shard's features against the reference statistics."""
+    from evaluation.scoring import score_samples
+
+    feature_shards = [run.store.read_features(options.evaluator_key, shard.index) for shard in run.shards]
+    return score_samples(
+        run.reference,
+        np.concatenate([s.features for s in feature_shards]),  # (N, D)
+        np.concatenate([s.logits for s in feature_shards]),  # (N, C)
+        evaluator_info=run.evaluator.info.to_dict(),
+        minmax_stretch=options.minmax_stretch,
+        is_splits=options.is_splits,
+        prdc_k=options.prdc_k,
+        fid_method=options.fid_method,
+        seed=options.seed,
+    )
+
+
+def _grid_and_accuracy(options: EvaluateOptions, run: _Run, classifier) -> tuple[np.ndarray, dict[str, str]]:
+    """The first classes' first samples as one (H', W', 3) grid, and the classifier's accuracy if any."""
+    from pipeline.images import image_grid
+
+    grid_images, correct = [], 0
+    for shard in run.shards:
+        samples = run.store.read_samples(shard.index)
+        if classifier is not None:
+            correct += int((classifier.predict(samples.images) == samples.class_ids).sum())
+        in_grid = samples.indices % options.per_class < GRID_PER_CLASS
+        grid_images.append(samples.images[in_grid & (samples.indices // options.per_class < GRID_CLASSES)])
+    extra = (
+        {"classifier accuracy (samples show their class)": f"{correct / len(run.labels):.4f}"}
+        if classifier
+        else {}
+    )
+    grid = image_grid(np.concatenate(grid_images), columns=min(GRID_PER_CLASS, options.per_class))
+    return grid, extra
 
 
 def run_evaluate(options: EvaluateOptions) -> dict:
@@ -220,87 +270,45 @@ def run_evaluate(options: EvaluateOptions) -> dict:
             begun with other settings (PlanMismatchError).
     """
     from evaluation.classifier import load_classifier
-    from evaluation.features import build_feature_extractor
     from evaluation.report import write_report
-    from evaluation.sample_store import SampleStore, class_major_labels, plan_sample_shards
-    from evaluation.scoring import score_samples
-    from pipeline.images import encode_png, image_grid
+    from pipeline.images import encode_png
 
-    # Built here too: fails early on a missing weights file, and describes the evaluator.
-    evaluator = build_feature_extractor(
-        options.evaluator,
-        inception_weights=options.inception_weights,
-        minmax_stretch=options.minmax_stretch,
-        device="cpu",
-    )
-    resolved = _resolve(options)
-    reference = _load_reference(options, resolved.image_size)
     classifier = load_classifier(options.classifier) if options.classifier else None
-    labels = class_major_labels(resolved.classes, options.per_class)  # (N,)
-    shards = plan_sample_shards(len(labels), options.shard_size)
-    fs, root = url_to_fs(options.output, options.storage_options)
-    store = SampleStore(fs, root)
-    store.ensure_plan(resolved.plan)
-    store.ensure_evaluator(options.evaluator_key, evaluator.info.to_dict())
-    sampled, featurised = store.committed_samples(), store.committed_features(options.evaluator_key)
-    pending = [(shard, shard.index not in sampled) for shard in shards if shard.index not in featurised]
+    run = _open_run(options)
+    sampled, featurised = run.store.committed_samples(), run.store.committed_features(options.evaluator_key)
+    pending = [(shard, shard.index not in sampled) for shard in run.shards if shard.index not in featurised]
     to_sample = sum(needs for _, needs in pending)
     print(
-        f"evaluate {options.output}: {len(shards)} shards, {len(sampled)} already committed, "
+        f"evaluate {options.output}: {len(run.shards)} shards, {len(sampled)} already committed, "
         f"{to_sample} to sample, {len(pending)} to featurise"
     )
     if pending:
-        _run_pending(options, resolved, pending, labels)
-        store.refresh()
-
-    feature_shards = [store.read_features(options.evaluator_key, shard.index) for shard in shards]
-    scores = score_samples(
-        reference,
-        np.concatenate([s.features for s in feature_shards]),  # (N, D)
-        np.concatenate([s.logits for s in feature_shards]),  # (N, C)
-        evaluator_info=evaluator.info.to_dict(),
-        minmax_stretch=options.minmax_stretch,
-        is_splits=options.is_splits,
-        prdc_k=options.prdc_k,
-        fid_method=options.fid_method,
-        seed=options.seed,
-    )
-    grid_images, correct = [], 0
-    for shard in shards:
-        samples = store.read_samples(shard.index)
-        if classifier is not None:
-            correct += int((classifier.predict(samples.images) == samples.class_ids).sum())
-        in_grid = samples.indices % options.per_class < GRID_PER_CLASS
-        grid_images.append(samples.images[in_grid & (samples.indices // options.per_class < GRID_CLASSES)])
-    extra = (
-        {"classifier accuracy (samples show their class)": f"{correct / len(labels):.4f}"}
-        if classifier
-        else {}
-    )
-    result = scores.to_result(
-        evaluator=evaluator.info.to_dict(),
-        reference={"path": options.reference_stats, **reference.describe()},
-        sampling={**resolved.sampling, "precision": options.precision, "seed": options.seed},
+        _run_pending(options, run.resolved, pending, run.labels)
+        run.store.refresh()
+    grid, extra = _grid_and_accuracy(options, run, classifier)
+    result = _score(options, run).to_result(
+        evaluator=run.evaluator.info.to_dict(),
+        reference={"path": options.reference_stats, **run.reference.describe()},
+        sampling={**run.resolved.sampling, "precision": options.precision, "seed": options.seed},
         model={
             "transformer": options.transformer,
             "tokenizer": options.tokenizer,
-            "image_size": resolved.image_size,
+            "image_size": run.resolved.image_size,
         },
         protocol={
             "per_class": options.per_class,
-            "classes": len(resolved.classes),
+            "classes": len(run.resolved.classes),
             "is_splits": options.is_splits,
             "prdc_k": options.prdc_k,
             "fid_method": options.fid_method,
         },
         extra=extra,
     )
-    written = write_report(result, root, filesystem=fs)
-    grid = image_grid(np.concatenate(grid_images), columns=min(GRID_PER_CLASS, options.per_class))
-    fs.pipe(f"{root}/samples.png", encode_png(grid))
+    written = write_report(result, run.root, filesystem=run.filesystem)
+    run.filesystem.pipe(f"{run.root}/samples.png", encode_png(grid))
     record = result.to_dict()
     record.update(
-        shards_sampled=to_sample, shards_skipped=len(shards) - to_sample, report=written.markdown_path
+        shards_sampled=to_sample, shards_skipped=len(run.shards) - to_sample, report=written.markdown_path
     )
     return record
 
@@ -309,13 +317,13 @@ def run_evaluate(options: EvaluateOptions) -> dict:
 
 
 def _run_cli(args) -> int:
-    from jobs.options import parse_storage_options
+    from jobs.options import options_from_args, sampling_overrides
 
-    names = {field.name for field in dataclasses.fields(EvaluateOptions)}
-    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    values["classes"] = tuple(args.classes) if args.classes else None
-    values["storage_options"] = parse_storage_options(args.storage_options)
-    record = run_evaluate(EvaluateOptions(**values))
+    options = options_from_args(
+        EvaluateOptions, args, classes=tuple(args.classes) if args.classes else None,
+        sampling=sampling_overrides(args),
+    )  # fmt: skip
+    record = run_evaluate(options)
     metrics = ", ".join(f"{name} {value:.4g}" for name, value in record["labelled_metrics"].items())
     print(
         f"{record['num_samples']} samples ({record['shards_sampled']} shards sampled, "
@@ -325,8 +333,10 @@ def _run_cli(args) -> int:
 
 
 def register(subparsers) -> None:
-    """Add the `evaluate` subcommand, and `fid-stats` (jobs.evaluate.fid_stats) that makes its reference."""
+    """Add the `evaluate` subcommand; every flag's dest is an `EvaluateOptions` field (`fid-stats`,
+    which makes its reference statistics, is `jobs.evaluate.fid_stats`)."""
     from jobs.evaluate import fid_stats
+    from jobs.options import add_sampling_arguments
 
     defaults = EvaluateOptions("", "", "", "")
     parser = subparsers.add_parser(
@@ -343,13 +353,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="sample i uses seed + i")
     parser.add_argument("--shard-size", type=int, default=defaults.shard_size)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision)
-    knobs = parser.add_argument_group("sampling (defaults: the SamplingConfig stored with the transformer)")
-    knobs.add_argument("--steps", type=int, default=None)
-    knobs.add_argument("--schedule", default=None, help="arccos, cosine, linear, square, root, ...")
-    knobs.add_argument("--temperature", type=float, default=None, help="divides the logits")
-    knobs.add_argument("--gumbel-temperature", type=float, default=None)
-    knobs.add_argument("--cfg-weight", type=float, default=None)
-    knobs.add_argument("--cfg-schedule", choices=("linear", "constant"), default=None)
+    add_sampling_arguments(parser, aliases={"steps": "--steps"})
     fid_stats.add_evaluator_arguments(parser)
     parser.add_argument(
         "--fid-method",
@@ -365,10 +369,9 @@ def register(subparsers) -> None:
     parser.add_argument("--num-cpus-per-worker", type=float, default=defaults.num_cpus_per_worker)
     parser.add_argument("--num-gpus-per-worker", type=float, default=None, help="default: 1 if GPUs exist")
     parser.add_argument("--threads-per-worker", type=int, default=None)
-    parser.add_argument("--ray-address", default=None, help="default: $RAY_ADDRESS, else a local Ray")
+    add_ray_address_argument(parser)
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
     parser.set_defaults(run=_run_cli)
-    fid_stats.register(subparsers)
 
 
 __all__ = ["EvaluateOptions", "register", "run_evaluate"]

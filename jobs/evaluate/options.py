@@ -8,8 +8,6 @@ from typing import Any
 from evaluation.features import EVALUATORS
 from evaluation.metrics import FID_SQRT_METHODS
 
-SAMPLING_KNOBS = ("steps", "schedule", "temperature", "gumbel_temperature", "cfg_weight", "cfg_schedule")
-
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateOptions:
@@ -25,8 +23,8 @@ class EvaluateOptions:
         seed: sample i uses seed + i.
         shard_size: samples per shard (the unit of work and of resumption).
         precision: "fp32" or "bf16" autocast while sampling.
-        steps, schedule, temperature, gumbel_temperature, cfg_weight, cfg_schedule: sampling knobs;
-            None takes the SamplingConfig stored with the transformer.
+        sampling: overrides of the sampling settings stored with the transformer ({knob: value};
+            None values and missing knobs take the stored ones; see `generation.resolve_sampling`).
         evaluator: "efficientnet-lite0" or "inception".
         inception_weights: TF-FID InceptionV3 weights file (for "inception").
         minmax_stretch: the reference's per-image stretch before the evaluator.
@@ -55,12 +53,7 @@ class EvaluateOptions:
     seed: int = 0
     shard_size: int = 250
     precision: str = "fp32"
-    steps: int | None = None
-    schedule: str | None = None
-    temperature: float | None = None
-    gumbel_temperature: float | None = None
-    cfg_weight: float | None = None
-    cfg_schedule: str | None = None
+    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
     evaluator: str = "efficientnet-lite0"
     inception_weights: str | None = None
     minmax_stretch: bool = False

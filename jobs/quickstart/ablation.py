@@ -58,8 +58,7 @@ def _diversity(features: np.ndarray, labels: np.ndarray) -> float:
 
 @torch.no_grad()
 def run_ablation(
-    transformer,
-    vqgan,
+    pipe,
     classifier,
     evaluator,
     reference_stats,
@@ -73,27 +72,19 @@ def run_ablation(
     """Sample every setting with the same classes and seeds and score it.
 
     Args:
-        transformer: MaskTransformer in eval mode; vqgan: its VQGAN.
+        pipe: a `generation.MaskGIT` (the trained transformer and its tokenizer).
         classifier: evaluation.classifier.Classifier trained on real images.
         evaluator: an evaluation.features extractor; reference_stats: FeatureStatistics of real images.
         settings: (name, SamplingConfig) pairs, e.g. `default_settings(stored_config)`.
         classes, per_class: which classes and how many samples each.
     """
     from evaluation.metrics import frechet_distance
-    from pipeline.images import to_uint8_images
-    from transformer.sample import sample
 
     labels = np.repeat(np.asarray(classes), per_class)  # (N,)
     rows = []
     for name, config in settings:
-        images, grids = [], []
-        for start in range(0, len(labels), batch_size):
-            batch = torch.from_numpy(labels[start : start + batch_size])
-            seeds = [seed + start + i for i in range(len(batch))]
-            tokens = sample(transformer, batch, seeds=seeds, **config.as_kwargs()).tokens
-            grids.append(tokens.flatten(1).numpy())
-            images.append(to_uint8_images(vqgan.decode_from_indices(tokens)))
-        images, grids = np.concatenate(images), np.concatenate(grids)
+        result = pipe.generate(labels, seeds=seed, sampling=config, batch_size=batch_size)
+        images, grids = result.images, result.tokens.flatten(1).numpy()
         features = evaluator(images).features
         mean, covariance = (
             features.astype(np.float64).mean(0),

@@ -15,13 +15,14 @@ rerun reuses finished stages. Everything scales by flags (presets, steps, worker
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from jobs.options import options_from_args
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class Quickstart:
         return f"{self.remote}/{name}" if self.remote else str(self.out / name)
 
     def start_services(self) -> None:
-        import ray
+        from jobs.ray_session import connect_ray
 
         if self.options.s3:
             from demo.s3server import LocalS3Server
@@ -100,11 +101,10 @@ class Quickstart:
             os.environ.update(self.s3.env)
             self.remote = self.s3.url("quickstart")
             print(f"[s3] local S3 server at {self.s3.endpoint_url}, bucket {self.s3.bucket}")
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        if not ray.is_initialized():
-            # The dashboard serves the state API that Ray Train's placement-group cleaner polls; without it
-            # every poll logs a warning.
-            ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=True, log_to_driver=True)
+        # A local Ray of its own, even under $RAY_ADDRESS: the quickstart is one machine's demo. At least
+        # 4 CPUs, so 2 training workers and the Ray Data stages never wait on each other; the dashboard
+        # serves the state API that Ray Train's placement-group cleaner polls.
+        connect_ray("local", num_cpus=max(4, os.cpu_count() or 1), dashboard=True)
 
     def stop_services(self) -> None:
         import ray
@@ -266,26 +266,15 @@ class Quickstart:
         }
 
     def sample(self, transformer: str, vqgan: str) -> dict:
-        from jobs.cli import main
+        from jobs.sample import SampleOptions, run_sample
 
         png = self.out / "samples.png"
-        code = main(
-            [
-                "sample",
-                "--transformer",
-                transformer,
-                "--tokenizer",
-                vqgan,
-                "--per-class",
-                str(self.options.samples_per_class),
-                "--seed",
-                str(self.options.seed),
-                "--out",
-                str(png),
-            ]
-        )
-        if code != 0:
-            raise RuntimeError("maskgit sample failed")
+        run_sample(
+            SampleOptions(
+                transformer=transformer, tokenizer=vqgan, out=str(png),
+                per_class=self.options.samples_per_class, seed=self.options.seed,
+            )
+        )  # fmt: skip
         return {
             "grid_png": str(png),
             "layout": f"10 classes (rows) x {self.options.samples_per_class} samples",
@@ -329,18 +318,17 @@ class Quickstart:
         from evaluation.classifier import load_classifier
         from evaluation.features import build_feature_extractor
         from evaluation.stats import FeatureStatistics
+        from generation import MaskGIT
         from jobs.quickstart.ablation import ablation_markdown, default_settings, run_ablation
-        from tokenizer import load_vqgan
-        from transformer.checkpoint import load_sampling_config, load_transformer
 
         evaluator = build_feature_extractor("efficientnet-lite0", device="cpu")
+        pipe = MaskGIT.load(transformer, vqgan, device="cpu")
         rows = run_ablation(
-            load_transformer(transformer).eval(),
-            load_vqgan(vqgan).eval(),
+            pipe,
             load_classifier(classifier),
             evaluator,
             FeatureStatistics.load(stats),
-            default_settings(load_sampling_config(transformer)),
+            default_settings(pipe.sampling_defaults),
             classes=list(range(10)),
             per_class=self.options.ablation_per_class,
             seed=self.options.seed,
@@ -419,26 +407,48 @@ def _describe(record: dict) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    defaults = QuickstartOptions()
+    """Add the `quickstart` subcommand; every flag's dest is a `QuickstartOptions` field."""
+    d = QuickstartOptions()
     parser = subparsers.add_parser(
         "quickstart",
         help="run the whole pipeline end to end on Fashion-MNIST (local Ray, local disk or S3)",
         description=__doc__.split("\n\n")[1],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for field in dataclasses.fields(QuickstartOptions):
-        flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=f"enable {field.name}")
-        else:
-            kind = type(default) if default is not None else int
-            parser.add_argument(flag, type=kind, default=default)
+    add = parser.add_argument
+    add("--out", default=d.out, help="output folder (a rerun reuses its finished stages)")
+    add("--s3", action="store_true", help="store and training run on a local S3 server")
+    add("--serve", action="store_true", help="also start the Serve app and make one request")
+    add("--image-size", type=int, default=d.image_size, help="image side in pixels")
+    add("--train-per-class", type=int, default=d.train_per_class, help="training images per class")
+    add("--heldout-per-class", type=int, default=d.heldout_per_class, help="held-out test images per class")
+    add("--classifier-epochs", type=int, default=d.classifier_epochs, help="epochs of the judging classifier")
+    add("--vqgan-preset", default=d.vqgan_preset, help="VQGAN preset")
+    add("--vqgan-steps", type=int, default=d.vqgan_steps, help="VQGAN training steps")
+    add("--vqgan-batch-size", type=int, default=d.vqgan_batch_size, help="VQGAN images per step")
+    add("--vqgan-lr", type=float, default=d.vqgan_lr, help="VQGAN learning rate")
+    add("--vqgan-perceptual", default=d.vqgan_perceptual, help="VQGAN perceptual loss")
+    add("--transformer-preset", default=d.transformer_preset, help="transformer preset")
+    add("--transformer-depth", type=int, default=d.transformer_depth, help="override the preset's depth")
+    add("--transformer-dropout", type=float, default=d.transformer_dropout, help="transformer dropout")
+    add("--train-steps", type=int, default=d.train_steps, help="transformer optimizer steps")
+    add("--global-batch-size", type=int, default=d.global_batch_size, help="samples per optimizer step")
+    add("--workers", type=int, default=d.workers, help="Ray Train workers")
+    add("--zero-stage", type=int, default=d.zero_stage, help="DeepSpeed ZeRO stage")
+    add("--precision", default=d.precision, help="fp32 or bf16")
+    add("--lr", type=float, default=d.lr, help="transformer peak learning rate")
+    add("--samples-per-class", type=int, default=d.samples_per_class, help="samples per class in samples.png")
+    add("--eval-per-class", type=int, default=d.eval_per_class, help="samples per class for evaluation")
+    add("--ablation-per-class", type=int, default=d.ablation_per_class, help="samples per class per row")
+    add("--seed", type=int, default=d.seed, help="seed of data subsets and sampling")
     parser.set_defaults(run=_run)
 
 
+def run_quickstart(options: QuickstartOptions) -> dict:
+    """Run every stage (reusing finished ones); returns each stage's record, as in summary.json."""
+    return Quickstart(options).run()
+
+
 def _run(args: argparse.Namespace) -> int:
-    names = {field.name for field in dataclasses.fields(QuickstartOptions)}
-    options = QuickstartOptions(**{k: v for k, v in vars(args).items() if k in names})
-    Quickstart(options).run()
+    run_quickstart(options_from_args(QuickstartOptions, args))
     return 0

@@ -35,7 +35,8 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs.serve.engine import JobFailure, JobOutput, SampleJob, pixel_mask_to_token_region
+from generation import box_to_token_region, mask_to_token_region, resolve_sampling
+from jobs.serve.engine import JobFailure, JobOutput, SampleJob
 from jobs.serve.schema import (
     MAX_SEED,
     ErrorResponse,
@@ -48,7 +49,6 @@ from jobs.serve.schema import (
 )
 from pipeline.images import ImageRejected, decode_image
 from transformer.config import SamplingConfig
-from transformer.editing import box_mask, latent_box
 
 logger = logging.getLogger(__name__)
 
@@ -207,13 +207,10 @@ class _RequestChecker:
             raise RequestError(
                 422, f"steps is {request.steps}; this server allows at most {self.options.max_steps}"
             )
-        given = {
-            name: getattr(request, name)
-            for name in self.defaults.to_dict()
-            if getattr(request, name) is not None
-        }
+        knobs = self.defaults.to_dict()
+        given = {name: value for name, value in request.model_dump().items() if name in knobs}
         try:
-            return SamplingConfig.from_dict({**self.defaults.to_dict(), **given})
+            return resolve_sampling(self.defaults, given)
         except ValueError as error:
             raise RequestError(422, str(error)) from None
 
@@ -248,25 +245,18 @@ class _RequestChecker:
         sampling = self._sampling(request)
         size, max_side = self.info["image_size"], self.options.max_image_side
         image = _decode_uploaded_image(request.image, "image", max_side, size)
-        if request.box is not None:
-            box = request.box
-            if box.top + box.height > size or box.left + box.width > size:
-                raise RequestError(
-                    422,
-                    f"box (top {box.top}, left {box.left}, height {box.height}, width {box.width}) extends "
-                    f"past the {size}×{size} image",
-                )
-            grid = self.info["grid_size"]
-            token_box = latent_box(
-                box.top, box.left, box.height, box.width,
-                downsample=self.info["downsample_factor"], grid_size=grid, margin=request.margin,
-            )  # fmt: skip
-            region = box_mask(token_box, grid)[0].numpy()  # (h, w), selected as `maskgit sample` does
-        else:
-            pixel_mask = _decode_uploaded_image(request.mask, "mask", max_side, size).max(axis=2) > 127
-            if not pixel_mask.any():
-                raise RequestError(422, "mask selects no pixels (light pixels mark the region to regenerate)")
-            region = pixel_mask_to_token_region(pixel_mask, self.info["downsample_factor"])
+        try:
+            if request.box is not None:
+                box = request.box
+                region = box_to_token_region(
+                    (box.top, box.left, box.height, box.width), size, self.info["downsample_factor"],
+                    margin=request.margin,
+                )  # fmt: skip
+            else:
+                pixel_mask = _decode_uploaded_image(request.mask, "mask", max_side, size).max(axis=2) > 127
+                region = mask_to_token_region(pixel_mask, self.info["downsample_factor"])
+        except ValueError as error:  # the region checks of generation/: box past the image, empty mask
+            raise RequestError(422, str(error)) from None
         base, seeds = self._seeds(request, len(class_ids))
         job = SampleJob("inpaint", tuple(class_ids), seeds, sampling, request.output, image, region)
         return base, job

@@ -18,6 +18,7 @@ with others (`transformer.sample` draws each image's noise from its own seed).
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class ServeOptions:
         max_steps: limit on `steps`.
         max_payload_bytes: limit on a request body (413 above it).
         max_image_side: limit on an uploaded image's sides, checked before decoding it.
+        storage_options: fsspec options for model paths on object storage (each replica reads them).
     """
 
     transformer: str
@@ -80,6 +82,7 @@ class ServeOptions:
     max_steps: int = 64
     max_payload_bytes: int = 8 * 2**20
     max_image_side: int = 2048
+    storage_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("transformer", "tokenizer"):
@@ -154,6 +157,14 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if value is None and type(None) in allowed:
         return None
     target = next(t for t in allowed if t is not type(None))
+    if typing.get_origin(target) is dict:  # storage_options: a mapping, or its JSON text
+        try:
+            value = json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError as error:
+            raise ValueError(f"serve option {name} is not valid JSON ({error.msg})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"serve option {name} must be a mapping, got {type(value).__name__}")
+        return value
     if isinstance(value, str) and target is not str:
         if type(None) in allowed and value.lower() in ("", "none", "null"):
             return None

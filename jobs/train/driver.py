@@ -85,6 +85,35 @@ def check_store_matches_model(config: TrainJobConfig):
     return manifest
 
 
+def check_tokenizer_fits(config: TrainJobConfig, manifest) -> None:
+    """The `--tokenizer` that decodes sample grids (read from its path or URL here, before any worker
+    starts) must fit the model; a tokenizer other than the store's is logged.
+
+    Raises:
+        FileNotFoundError: nothing at `--tokenizer`.
+        ValueError: its codebook differs from the model's.
+    """
+    from generation import check_compatible
+    from jobs.train.worker import model_config_for
+    from pipeline.tokenize import tokenizer_identity
+    from tokenizer import VQGANConfig
+
+    try:
+        identity = tokenizer_identity(config.tokenizer, config.storage_options or None)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--tokenizer {config.tokenizer} does not exist") from None
+    check_compatible(model_config_for(config), VQGANConfig.from_dict(identity["config"]))
+    stored = manifest.tokenizer.get("weights_sha256")
+    if stored and stored != identity["weights_sha256"]:
+        # A warning, not an error: the same weights in another file format (a converted taming
+        # checkpoint) have another digest.
+        logger.warning(
+            "--tokenizer %s (weights sha256 %s…) is not the file that tokenized the store %s (%s…); "
+            "sample grids are only meaningful if it holds the same weights",
+            config.tokenizer, identity["weights_sha256"][:12], config.store, stored[:12],
+        )  # fmt: skip
+
+
 def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> TrainSummary:
     """Train (or resume) a run and export its weights; returns where the results are.
 
@@ -102,7 +131,9 @@ def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> T
     SamplingConfig.from_dict(config.sampling)  # bad sampling defaults fail before any worker starts
     if config.sample_every and not config.tokenizer:
         raise ValueError("--sample-every needs --tokenizer (the VQGAN that decodes the sample grids)")
-    check_store_matches_model(config)
+    manifest = check_store_matches_model(config)
+    if config.tokenizer:
+        check_tokenizer_fits(config, manifest)
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = 1

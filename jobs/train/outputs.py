@@ -86,39 +86,42 @@ class RunOutputs:
         return png
 
 
-@torch.no_grad()
-def write_sample_grid(
-    module, config: TrainJobConfig, model_config, step: int, outputs: RunOutputs | None
-) -> None:
-    """Sample one image per class (up to 10 classes × 4) with the current weights; rank 0 writes a PNG.
+def sample_grid_pipeline(module: torch.nn.Module, config: TrainJobConfig):
+    """A `generation.MaskGIT` around the model being trained and the run's tokenizer (read from its
+    path or URL on this worker), sampling with the run's exported sampling settings."""
+    from generation import MaskGIT, resolve_sampling
+    from tokenizer import load_vqgan
+
+    tokenizer = load_vqgan(config.tokenizer, storage_options=config.storage_options or None)
+    return MaskGIT(module, tokenizer.to(next(module.parameters()).device),
+                   sampling_defaults=resolve_sampling(None, config.sampling))  # fmt: skip
+
+
+def write_sample_grid(pipe, step: int, outputs: RunOutputs | None) -> None:
+    """Sample 4 images of each of up to 10 classes with the current weights; rank 0 writes a PNG.
 
     Every rank must call this under ZeRO-3 (the forward passes gather partitioned parameters); all ranks
     sample the same seeds, and only rank 0 decodes and writes.
-    """
-    from pipeline.images import encode_png, image_grid, to_uint8_images
-    from tokenizer import load_vqgan
-    from transformer.config import SamplingConfig
-    from transformer.sample import sample
 
-    classes = min(model_config.num_classes, 10)
+    Args:
+        pipe: `sample_grid_pipeline(...)` of this worker.
+        step: the optimizer step (names the file).
+        outputs: the run's outputs on rank 0, None elsewhere.
+    """
+    from pipeline.images import encode_png, image_grid
+
     per_class = 4
-    class_ids = torch.arange(classes).repeat_interleave(per_class)
-    sampling = SamplingConfig(**config.sampling)
+    class_ids = torch.arange(min(pipe.num_classes, 10)).repeat_interleave(per_class)
+    module = pipe.transformer
     was_training = module.training
     module.eval()
     try:
-        result = sample(
-            module,
-            class_ids,
-            seeds=list(range(len(class_ids))),
-            **sampling.as_kwargs(),
-        )
+        tokens = pipe.sample_tokens(
+            class_ids, seeds=range(len(class_ids)), sampling=pipe.sampling_defaults
+        ).tokens  # (B, h, w)
     finally:
         module.train(was_training)
     if outputs is None:
         return
-    vqgan = load_vqgan(config.tokenizer).eval()
-    images = to_uint8_images(vqgan.decode_from_indices(result.tokens.cpu()))
-    # Rows are classes: transpose (class, sample) to a grid with `per_class` columns.
-    grid = image_grid(images, columns=per_class)
+    grid = image_grid(pipe.decode(tokens), columns=per_class)  # a row per class
     outputs.picture_path(f"step-{step:08d}.png").write_bytes(encode_png(grid))

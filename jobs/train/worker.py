@@ -22,6 +22,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -88,17 +89,31 @@ class _Timer:
         return elapsed
 
 
-def train_loop(config_dict: dict) -> None:
-    """Ray Train worker entry point (see module docstring)."""
-    import ray.train
-    import torch.distributed as dist
+class _Worker(NamedTuple):
+    """One worker's training state once set up (and restored from the latest checkpoint)."""
 
-    from jobs.train.outputs import RunOutputs, write_sample_grid
+    rank: int
+    world: int
+    device: torch.device
+    model_config: Any  # transformer.config.TransformerConfig
+    store: CheckpointStore
+    work_dir: Path  # local scratch for checkpoint upload/download
+    engine: Any  # deepspeed.DeepSpeedEngine
+    ema: Any  # jobs.train.ema.WeightEMA or None
+    grids: Any  # the sample-grid pipeline (jobs.train.outputs) or None without a tokenizer
+    step: int  # the step to start from (0, or the restored checkpoint's)
+    loader: Any  # the stateful loader, positioned after the restored step's samples
+    outputs: Any  # jobs.train.outputs.RunOutputs on rank 0, None elsewhere
+
+
+def _start_worker(config: TrainJobConfig) -> _Worker:
+    """Join the process group, build the engine, restore the latest checkpoint and open the loader."""
+    import ray.train
+
+    from jobs.train.outputs import RunOutputs, sample_grid_pipeline
     from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset
     from pipeline.stateful_loader import make_loader
 
-    _quiet_worker_warnings()
-    config = TrainJobConfig.from_dict(config_dict)
     context = ray.train.get_context()
     rank, world, local_rank = context.get_world_rank(), context.get_world_size(), context.get_local_rank()
     init_deepspeed_distributed(config.use_gpu)
@@ -114,6 +129,7 @@ def train_loop(config_dict: dict) -> None:
     universal = resume_meta is not None and resume_meta.world_size != world
 
     engine = build_engine(config, model_config, load_universal=universal)
+    grids = sample_grid_pipeline(engine.module, config) if config.tokenizer else None
     ema = None
     if config.ema_decay is not None:
         from jobs.train.ema import WeightEMA
@@ -138,58 +154,83 @@ def train_loop(config_dict: dict) -> None:
     loader = make_loader(dataset, num_workers=config.loader_workers)
     if loader_state is not None:
         loader.load_state_dict(loader_state)
-
     outputs = RunOutputs(config, rank=rank) if rank == 0 else None
-    tokens_per_step = config.global_batch_size * model_config.num_tokens
-    timer, window = _Timer(), {"loss": 0.0, "masked_accuracy": 0.0, "count": 0}
-    latest_metrics: dict[str, float] = {}
     if outputs is not None:
         outputs.start_progress(initial=step, total=config.steps)
-    batches = iter(_endless(loader))
+    return _Worker(
+        rank, world, device, model_config, store, work_dir, engine, ema, grids, step, loader, outputs
+    )
+
+
+def _train_steps(config: TrainJobConfig, w: _Worker) -> int:
+    """Optimizer steps from `w.step` to `config.steps`, with metrics, sample grids and checkpoints on
+    their periods; returns the last step."""
+    import ray.train
+
+    from jobs.train.outputs import write_sample_grid
+
+    tokens_per_step = config.global_batch_size * w.model_config.num_tokens
+    timer, window = _Timer(), {"loss": 0.0, "masked_accuracy": 0.0, "count": 0}
+    latest_metrics: dict[str, float] = {}
+    step, batches = w.step, iter(_endless(w.loader))
     while step < config.steps:
         batch = next(batches)
         loss_sum, accuracy_sum, micro_batches = optimizer_step(
-            engine,
-            batch.tokens.to(device, non_blocking=True),
-            batch.labels.to(device, non_blocking=True),
+            w.engine,
+            batch.tokens.to(w.device, non_blocking=True),
+            batch.labels.to(w.device, non_blocking=True),
             config=config,
-            mask_token_id=model_config.mask_token_id,
+            mask_token_id=w.model_config.mask_token_id,
             step=step,
-            rank=rank,
+            rank=w.rank,
         )
         window["loss"] += loss_sum
         window["masked_accuracy"] += accuracy_sum
         window["count"] += micro_batches
         step += 1
-        if ema is not None:
-            ema.update()
+        if w.ema is not None:
+            w.ema.update()
         if step % config.log_every == 0 or step == config.steps:
-            metrics = _reduce_window(window, device)
+            metrics = _reduce_window(window, w.device)
             elapsed = timer.lap()
             metrics.update(
-                lr=engine.get_lr()[0],
-                grad_norm=float(engine.get_global_grad_norm() or 0.0),
+                lr=w.engine.get_lr()[0],
+                grad_norm=float(w.engine.get_global_grad_norm() or 0.0),
                 tokens_per_s=tokens_per_step * metrics.pop("steps") / max(elapsed, 1e-9),
-                epoch=float(loader.state_dict().get("epoch", 0)),
+                epoch=float(w.loader.state_dict().get("epoch", 0)),
             )
             window = {"loss": 0.0, "masked_accuracy": 0.0, "count": 0}
             latest_metrics = metrics
-            if outputs is not None:
-                outputs.log(step, metrics)
-        elif outputs is not None:
-            outputs.advance(step)
+            if w.outputs is not None:
+                w.outputs.log(step, metrics)
+        elif w.outputs is not None:
+            w.outputs.advance(step)
         if config.sample_every and step % config.sample_every == 0 and config.tokenizer:
-            write_sample_grid(engine.module, config, model_config, step, outputs)
+            write_sample_grid(w.grids, step, w.outputs)
         if step % config.checkpoint_every == 0 or step == config.steps:
-            _save(engine, ema, store, config, model_config, step, loader.state_dict(), work_dir, rank, world)
+            state = w.loader.state_dict()
+            _save(w.engine, w.ema, w.store, config, w.model_config, step, state, w.work_dir, w.rank, w.world)
             # Ray gets the metrics at checkpoints only (its per-report log line is loud).
             ray.train.report({"step": step, **latest_metrics})
+    return step
+
+
+def train_loop(config_dict: dict) -> None:
+    """Ray Train worker entry point (see module docstring)."""
+    import torch.distributed as dist
+
+    from jobs.train.outputs import write_sample_grid
+
+    _quiet_worker_warnings()
+    config = TrainJobConfig.from_dict(config_dict)
+    worker = _start_worker(config)
+    step = _train_steps(config, worker)
     if config.tokenizer and not (config.sample_every and step % config.sample_every == 0):
-        write_sample_grid(engine.module, config, model_config, step, outputs)  # the grid of the final weights
+        write_sample_grid(worker.grids, step, worker.outputs)  # the grid of the final weights
     dist.barrier()
-    if outputs is not None:
-        outputs.finish()
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if worker.outputs is not None:
+        worker.outputs.finish()
+    shutil.rmtree(worker.work_dir, ignore_errors=True)
 
 
 def build_engine(config: TrainJobConfig, model_config, *, load_universal: bool = False):
