@@ -10,14 +10,13 @@ betas (0.5, 0.9) for both. Optional dead-code restart (`tokenizer.codebook`).
                            every checkpoint
     training_state.pt      everything needed to resume (model, discriminator, optimizers, step, RNG),
                            read with torch.load(weights_only=True)
-    training_config.json   the TokenizerTrainingConfig
+    training_config.json   the TokenizerTrainingConfig (`tokenizer.train_config`; importable from here too)
     log.jsonl              one JSON object per log interval, plus "eval" and "restart" events
     reconstructions.png    originals (odd rows) vs reconstructions (even rows) of the eval images
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -33,11 +32,12 @@ from tqdm.auto import tqdm
 
 from tokenizer.checkpoint import save_vqgan
 from tokenizer.codebook import DeadCodeRestarter, code_counts, usage_from_counts
-from tokenizer.config import PRESETS, VQGANConfig
+from tokenizer.config import VQGANConfig
 from tokenizer.discriminator import NLayerDiscriminator
-from tokenizer.losses import RECONSTRUCTION_KINDS, VQGANLoss
-from tokenizer.perceptual import PERCEPTUAL_KINDS, build_perceptual_loss
+from tokenizer.losses import VQGANLoss
+from tokenizer.perceptual import build_perceptual_loss
 from tokenizer.quality import ReconstructionReport, measure_reconstruction, save_reconstruction_grid
+from tokenizer.train_config import TokenizerTrainingConfig
 from tokenizer.vqgan import VQGAN, VQGANOutput
 
 logger = logging.getLogger(__name__)
@@ -47,94 +47,6 @@ CONFIG_FILE = "training_config.json"
 LOG_FILE = "log.jsonl"
 GRID_FILE = "reconstructions.png"
 MODEL_DIR = "vqgan"
-
-
-@dataclass(frozen=True)
-class TokenizerTrainingConfig:
-    """Everything that decides a tokenizer training run (taming's values where it has one).
-
-    Attributes:
-        vqgan: the architecture.
-        steps: total optimisation steps (a resumed run continues up to this count).
-        batch_size: images per step.
-        lr: Adam learning rate of the VQGAN and the discriminator (taming: 4.5e-6 × batch size).
-        disc_start: first step with GAN terms; None = half of `steps` (taming ImageNet: 250001).
-        disc_weight: scale of the adaptive GAN weight (taming ImageNet: 0.8).
-        disc_channels, disc_layers: PatchGAN width and depth (taming: 64, 3).
-        perceptual: "efficientnet", "lpips" (needs the two weight files) or "none".
-        perceptual_weight: weight of the perceptual term (taming 1.0).
-        lpips_weights, vgg_weights: local files for `perceptual="lpips"`.
-        reconstruction: "l1" (taming) or "l2".
-        codebook_weight: weight of the quantiser loss (taming 1.0).
-        dead_code_restart: steps between dead-code restarts; 0 disables (taming has none).
-        precision: "fp32" or "bf16" (autocast; nearest-code search stays fp32).
-        device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-        seed: seeds initialisation, data order and augmentation.
-        num_workers: DataLoader worker processes.
-        log_every, checkpoint_every: intervals in steps.
-        grid_images: eval images shown in the PNG grid.
-    """
-
-    vqgan: VQGANConfig = PRESETS["imagenet-f16-1024"]
-    steps: int = 10_000
-    batch_size: int = 12
-    lr: float = 4.5e-6 * 12
-    disc_start: int | None = None
-    disc_weight: float = 0.8
-    disc_channels: int = 64
-    disc_layers: int = 3
-    perceptual: str = "efficientnet"
-    perceptual_weight: float = 1.0
-    lpips_weights: str | None = None
-    vgg_weights: str | None = None
-    reconstruction: str = "l1"
-    codebook_weight: float = 1.0
-    dead_code_restart: int = 0
-    precision: str = "fp32"
-    device: str = "auto"
-    seed: int = 0
-    num_workers: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 1000
-    grid_images: int = 16
-
-    def __post_init__(self) -> None:
-        if self.perceptual not in PERCEPTUAL_KINDS:
-            raise ValueError(f"perceptual must be one of {PERCEPTUAL_KINDS}, got {self.perceptual!r}")
-        if self.reconstruction not in RECONSTRUCTION_KINDS:
-            raise ValueError(
-                f"reconstruction must be one of {RECONSTRUCTION_KINDS}, got {self.reconstruction!r}"
-            )
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "disc_channels", "disc_layers"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.dead_code_restart < 0 or self.num_workers < 0:
-            raise ValueError("dead_code_restart and num_workers must be >= 0")
-
-    @property
-    def gan_start(self) -> int:
-        """The resolved `disc_start`."""
-        return self.steps // 2 if self.disc_start is None else self.disc_start
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["vqgan"] = self.vqgan.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenizerTrainingConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TokenizerTrainingConfig field(s) {unknown}")
-        data = dict(data)
-        if isinstance(data.get("vqgan"), dict):
-            data["vqgan"] = VQGANConfig.from_dict(data["vqgan"])
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -203,6 +115,201 @@ def _save_training_state(out_dir: Path, state: dict[str, Any]) -> None:
     os.replace(temporary, out_dir / STATE_FILE)  # never a half-written state under the real name
 
 
+class _Parts(NamedTuple):
+    """The modules and optimisers of a run (everything `training_state.pt` holds besides step and RNG)."""
+
+    model: VQGAN
+    discriminator: NLayerDiscriminator
+    objective: VQGANLoss
+    optimizer: torch.optim.Optimizer
+    disc_optimizer: torch.optim.Optimizer
+    restarter: DeadCodeRestarter
+
+
+def _build_parts(config: TokenizerTrainingConfig, device: torch.device) -> _Parts:
+    """Fresh modules and optimisers, initialised from the global RNG in a fixed order."""
+    model = VQGAN(config.vqgan).to(device)
+    discriminator = NLayerDiscriminator(config.vqgan.out_channels, config.disc_channels, config.disc_layers)
+    perceptual = build_perceptual_loss(
+        config.perceptual, lpips_weights=config.lpips_weights, vgg_weights=config.vgg_weights
+    )
+    objective = VQGANLoss(
+        discriminator.to(device),
+        perceptual.to(device) if perceptual is not None else None,
+        perceptual_weight=config.perceptual_weight,
+        reconstruction=config.reconstruction,
+        codebook_weight=config.codebook_weight,
+        disc_weight=config.disc_weight,
+        disc_start=config.gan_start,
+    )
+    betas = (0.5, 0.9)  # taming's Adam betas for both optimisers
+    return _Parts(
+        model=model,
+        discriminator=discriminator,
+        objective=objective,
+        optimizer=torch.optim.Adam(model.parameters(), lr=config.lr, betas=betas),
+        disc_optimizer=torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas),
+        restarter=DeadCodeRestarter(config.vqgan.codebook_size, config.dead_code_restart or 1),
+    )
+
+
+def _restore(parts: _Parts, config: TokenizerTrainingConfig, state_path: Path) -> int:
+    """Load `training_state.pt` into `parts` and the global RNG; returns the step it was saved at."""
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    stored = VQGANConfig.from_dict(state["config"]["vqgan"])
+    if stored != config.vqgan:
+        raise ValueError(f"{state_path} was trained with a different VQGAN config: {stored}")
+    parts.model.load_state_dict(state["model"])
+    parts.discriminator.load_state_dict(state["discriminator"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.disc_optimizer.load_state_dict(state["disc_optimizer"])
+    parts.restarter.load_state_dict(state["code_usage"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def _checkpoint(out_dir: Path, parts: _Parts, config: TokenizerTrainingConfig, step: int) -> None:
+    """Refresh `out_dir/vqgan` and write the resumable training state."""
+    save_vqgan(parts.model, out_dir / MODEL_DIR)
+    state = {
+        "step": step,
+        "config": config.to_dict(),
+        "model": parts.model.state_dict(),
+        "discriminator": parts.discriminator.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "disc_optimizer": parts.disc_optimizer.state_dict(),
+        "code_usage": parts.restarter.state_dict(),
+        "rng": torch.get_rng_state(),
+    }
+    _save_training_state(out_dir, state)
+
+
+def _make_loader(
+    dataset: Dataset, config: TokenizerTrainingConfig, device: torch.device, step: int
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=EpochBatches(len(dataset), config.batch_size, config.seed, start_step=step),
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        # Its own generator: creating the iterator would otherwise draw from the global RNG, which a
+        # resumed run has just restored, and shift every later random choice (dead-code restarts).
+        generator=torch.Generator().manual_seed(config.seed * 1_000_003 + step),
+    )
+
+
+class _StepResult(NamedTuple):
+    record: dict[str, float]  # the step's loss terms (and discriminator terms once the GAN is active)
+    indices: torch.Tensor  # LongTensor[B, h, w]: the codes chosen
+    latents: torch.Tensor  # (B, D, h, w) encoder outputs, for dead-code restarts
+
+
+def _train_step(parts: _Parts, images: torch.Tensor, step: int, autocast: Any) -> _StepResult:
+    """One Adam step of the VQGAN, then (once the GAN is active) one of the discriminator."""
+    model, objective = parts.model, parts.objective
+    with autocast:
+        latents = model.encode_to_latents(images)  # (B, D, h, w)
+        quantized = model.quantize(latents)
+        reconstruction = model.decode_from_latents(quantized.quantized)
+        # model.forward, unrolled to keep the latents for dead-code restarts
+        output = VQGANOutput(
+            reconstruction, quantized.indices, quantized.codebook_loss, quantized.commitment_loss
+        )
+        losses = objective.generator_loss(images, output, step, model.last_decoder_layer)
+    parts.optimizer.zero_grad(set_to_none=True)
+    losses.total.backward()
+    parts.optimizer.step()
+    record = {name: float(value.detach()) for name, value in losses._asdict().items()}
+    if objective.gan_factor(step) > 0:
+        with autocast:
+            disc_losses = objective.discriminator_loss(images, reconstruction, step)
+        parts.disc_optimizer.zero_grad(set_to_none=True)
+        disc_losses.total.backward()
+        parts.disc_optimizer.step()
+        record.update(
+            disc_loss=float(disc_losses.total.detach()),
+            logits_real=float(disc_losses.logits_real),
+            logits_fake=float(disc_losses.logits_fake),
+        )
+    return _StepResult(record, quantized.indices, latents)
+
+
+class _LogWindow:
+    """Means of the logged quantities and codebook usage over one log interval."""
+
+    def __init__(self, codebook_size: int) -> None:
+        self.code_counts = torch.zeros(codebook_size, dtype=torch.long)
+        # Sums and counts per quantity (GAN terms only exist once the GAN is active).
+        self.totals: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add_codes(self, indices: torch.Tensor) -> None:
+        self.code_counts += code_counts(indices.detach().cpu(), self.code_counts.numel())
+
+    def add_record(self, record: dict[str, float]) -> None:
+        for name, value in record.items():
+            self.totals[name] = self.totals.get(name, 0.0) + value
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def flush(self, step: int, seconds: float) -> dict[str, Any]:
+        """The window's log record; starts the next window."""
+        means = {name: value / self.counts[name] for name, value in self.totals.items()}
+        usage = usage_from_counts(self.code_counts)
+        self.totals.clear()
+        self.counts.clear()
+        self.code_counts.zero_()
+        return {
+            "step": step,
+            **means,
+            "codebook_fraction_used": usage.fraction_used,
+            "perplexity": usage.perplexity,
+            "seconds": round(seconds, 2),
+        }
+
+
+def _train_loop(
+    parts: _Parts,
+    config: TokenizerTrainingConfig,
+    loader: DataLoader,
+    device: torch.device,
+    out_dir: Path,
+    *,
+    step: int,
+    started: float,
+    progress: bool,
+) -> int:
+    """Train from `step` up to `config.steps`, logging and checkpointing on the way; returns the step."""
+    log_path = out_dir / LOG_FILE
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    window = _LogWindow(config.vqgan.codebook_size)
+    parts.model.train()
+    parts.discriminator.train()
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train-tokenizer", unit="step")
+    batches = iter(loader)
+    try:
+        while step < config.steps:
+            images = _images_of(next(batches)).to(device, non_blocking=True)
+            result = _train_step(parts, images, step, autocast)
+            window.add_codes(result.indices)
+            step += 1
+            if config.dead_code_restart:
+                parts.restarter.observe(result.indices)
+                restarted = parts.restarter.maybe_restart(step, parts.model.quantize, result.latents)
+                if restarted:
+                    _append_log(log_path, {"event": "restart", "step": step, "codes": restarted})
+            window.add_record(result.record)
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                logged = window.flush(step, time.time() - started)
+                _append_log(log_path, logged)
+                bar.set_postfix(loss=f"{logged['total']:.4f}", rec=f"{logged['reconstruction']:.4f}")
+            if step % config.checkpoint_every == 0:
+                _checkpoint(out_dir, parts, config, step)
+    finally:
+        bar.close()
+    return step
+
+
 def train_tokenizer(
     config: TokenizerTrainingConfig,
     dataset: Dataset,
@@ -238,39 +345,11 @@ def train_tokenizer(
         )
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-
-    model = VQGAN(config.vqgan).to(device)
-    discriminator = NLayerDiscriminator(config.vqgan.out_channels, config.disc_channels, config.disc_layers)
-    perceptual = build_perceptual_loss(
-        config.perceptual, lpips_weights=config.lpips_weights, vgg_weights=config.vgg_weights
-    )
-    objective = VQGANLoss(
-        discriminator.to(device),
-        perceptual.to(device) if perceptual is not None else None,
-        perceptual_weight=config.perceptual_weight,
-        reconstruction=config.reconstruction,
-        codebook_weight=config.codebook_weight,
-        disc_weight=config.disc_weight,
-        disc_start=config.gan_start,
-    )
-    betas = (0.5, 0.9)  # taming's Adam betas for both optimisers
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=betas)
-    disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
-    restarter = DeadCodeRestarter(config.vqgan.codebook_size, config.dead_code_restart or 1)
+    parts = _build_parts(config, device)
 
     step = 0
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        stored = VQGANConfig.from_dict(state["config"]["vqgan"])
-        if stored != config.vqgan:
-            raise ValueError(f"{state_path} was trained with a different VQGAN config: {stored}")
-        model.load_state_dict(state["model"])
-        discriminator.load_state_dict(state["discriminator"])
-        optimizer.load_state_dict(state["optimizer"])
-        disc_optimizer.load_state_dict(state["disc_optimizer"])
-        restarter.load_state_dict(state["code_usage"])
-        torch.set_rng_state(state["rng"])
-        step = int(state["step"])
+        step = _restore(parts, config, state_path)
         logger.info("resuming %s at step %d", out_dir, step)
     elif resume:
         logger.info("nothing to resume in %s; starting a fresh run", out_dir)
@@ -279,105 +358,14 @@ def train_tokenizer(
 
     if eval_images is None:
         eval_images = _eval_images(dataset, config.grid_images)
-    initial = measure_reconstruction(model, eval_images).report
+    initial = measure_reconstruction(parts.model, eval_images).report
     _append_log(log_path, {"event": "eval", "step": step, **initial.as_dict()})
 
-    def checkpoint() -> None:
-        save_vqgan(model, out_dir / MODEL_DIR)
-        _save_training_state(
-            out_dir,
-            {
-                "step": step,
-                "config": config.to_dict(),
-                "model": model.state_dict(),
-                "discriminator": discriminator.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "disc_optimizer": disc_optimizer.state_dict(),
-                "code_usage": restarter.state_dict(),
-                "rng": torch.get_rng_state(),
-            },
-        )
+    loader = _make_loader(dataset, config, device, step)
+    step = _train_loop(parts, config, loader, device, out_dir, step=step, started=started, progress=progress)
+    _checkpoint(out_dir, parts, config, step)
 
-    loader = DataLoader(
-        dataset,
-        batch_sampler=EpochBatches(len(dataset), config.batch_size, config.seed, start_step=step),
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-        # Its own generator: creating the iterator would otherwise draw from the global RNG, which a
-        # resumed run has just restored, and shift every later random choice (dead-code restarts).
-        generator=torch.Generator().manual_seed(config.seed * 1_000_003 + step),
-    )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    window_counts = torch.zeros(config.vqgan.codebook_size, dtype=torch.long)
-    # Sums and counts per logged quantity over the current log window (GAN terms only exist once active).
-    totals: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    model.train()
-    discriminator.train()
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train-tokenizer", unit="step")
-    batches = iter(loader)
-    try:
-        while step < config.steps:
-            images = _images_of(next(batches)).to(device, non_blocking=True)
-            with autocast:
-                latents = model.encode_to_latents(images)  # (B, D, h, w)
-                quantized = model.quantize(latents)
-                reconstruction = model.decode_from_latents(quantized.quantized)
-                # model.forward, unrolled to keep the latents for dead-code restarts
-                output = VQGANOutput(
-                    reconstruction, quantized.indices, quantized.codebook_loss, quantized.commitment_loss
-                )
-                losses = objective.generator_loss(images, output, step, model.last_decoder_layer)
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
-            optimizer.step()
-            record = {name: float(value.detach()) for name, value in losses._asdict().items()}
-            if objective.gan_factor(step) > 0:
-                with autocast:
-                    disc_losses = objective.discriminator_loss(images, reconstruction, step)
-                disc_optimizer.zero_grad(set_to_none=True)
-                disc_losses.total.backward()
-                disc_optimizer.step()
-                record.update(
-                    disc_loss=float(disc_losses.total.detach()),
-                    logits_real=float(disc_losses.logits_real),
-                    logits_fake=float(disc_losses.logits_fake),
-                )
-            window_counts += code_counts(quantized.indices.detach().cpu(), window_counts.numel())
-            step += 1
-            if config.dead_code_restart:
-                restarter.observe(quantized.indices)
-                restarted = restarter.maybe_restart(step, model.quantize, latents)
-                if restarted:
-                    _append_log(log_path, {"event": "restart", "step": step, "codes": restarted})
-            for name, value in record.items():
-                totals[name] = totals.get(name, 0.0) + value
-                counts[name] = counts.get(name, 0) + 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                means = {name: value / counts[name] for name, value in totals.items()}
-                usage = usage_from_counts(window_counts)
-                _append_log(
-                    log_path,
-                    {
-                        "step": step,
-                        **means,
-                        "codebook_fraction_used": usage.fraction_used,
-                        "perplexity": usage.perplexity,
-                        "seconds": round(time.time() - started, 2),
-                    },
-                )
-                bar.set_postfix(loss=f"{means['total']:.4f}", rec=f"{means['reconstruction']:.4f}")
-                totals.clear()
-                counts.clear()
-                window_counts.zero_()
-            if step % config.checkpoint_every == 0:
-                checkpoint()
-    finally:
-        bar.close()
-    checkpoint()
-
-    measured = measure_reconstruction(model, eval_images)
+    measured = measure_reconstruction(parts.model, eval_images)
     _append_log(log_path, {"event": "eval", "step": step, **measured.report.as_dict()})
     count = min(config.grid_images, eval_images.shape[0])
     grid = save_reconstruction_grid(
