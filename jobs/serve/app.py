@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -94,7 +93,7 @@ def _deployments():
             return self.engine.run(jobs)
 
     class _HandleSampler:
-        """`serve_http.Sampler` over a deployment handle."""
+        """`jobs.serve.ingress.Sampler` over a deployment handle."""
 
         def __init__(self, handle):
             self.handle = handle
@@ -158,24 +157,29 @@ def server_url(options: ServeOptions) -> str:
 def check_checkpoints(options: ServeOptions) -> None:
     """Fail before starting anything when the checkpoints are missing or do not belong together.
 
+    Paths may be URLs: only the configs are read here; each replica loads the weights itself.
+
     Raises:
         FileNotFoundError: a checkpoint path that does not exist.
         ValueError: our folders whose codebook sizes differ (reference files are checked at load).
     """
-    for name in ("transformer", "tokenizer"):
-        if not os.path.exists(getattr(options, name)):
-            raise FileNotFoundError(f"--{name} {getattr(options, name)} does not exist")
-    if os.path.isdir(options.transformer) and os.path.isdir(options.tokenizer):
-        from tokenizer.checkpoint import read_vqgan_config
-        from transformer.checkpoint import read_transformer_config
+    import fsspec
 
-        codes = read_transformer_config(options.transformer).codebook_size
-        vq_codes = read_vqgan_config(options.tokenizer).codebook_size
-        if codes != vq_codes:
-            raise ValueError(
-                f"the transformer expects {codes} codes but the tokenizer has {vq_codes}: "
-                "they were not trained together"
-            )
+    from generation import check_compatible
+    from tokenizer.checkpoint import read_vqgan_config
+    from transformer.checkpoint import read_transformer_config
+    from weights import is_model_folder
+
+    so = options.storage_options
+    for name in ("transformer", "tokenizer"):
+        fs, path = fsspec.core.url_to_fs(getattr(options, name), **(so or {}))
+        if not fs.exists(path):
+            raise FileNotFoundError(f"--{name} {getattr(options, name)} does not exist")
+    if is_model_folder(options.transformer, so) and is_model_folder(options.tokenizer, so):
+        check_compatible(
+            read_transformer_config(options.transformer, storage_options=so),
+            read_vqgan_config(options.tokenizer, storage_options=so),
+        )
 
 
 def start_server(options: ServeOptions, *, ray_address: str | None = None) -> str:
