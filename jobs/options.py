@@ -110,8 +110,15 @@ SAMPLING_HELP = {
     "temperature": "divides the logits (the reference's sm_temp s is temperature 1/s)",
     "gumbel_temperature": "Gumbel noise scale on confidences at the first step (decays to 0)",
     "cfg_weight": "classifier-free guidance weight (0: conditional only)",
-    "cfg_schedule": "guidance over the steps: linear (0 -> w, reference) or constant",
+    "cfg_schedule": "guidance over the steps: linear (0 -> w, v1 reference) or constant (v2 reference)",
+    "order": "which tokens a step reveals: confidence (v1) or halton (v2's low-discrepancy order)",
+    "randomize_order": "halton order: roll each image's permutation by an offset drawn from its seed",
+    "temperature_end": "ramp the temperature linearly to this value over the steps (v2)",
+    "temperature_warmup": "double the temperature during the first N steps (v2)",
+    "top_k": "sample among the k most probable codes (0: all)",
 }
+_SAMPLING_TYPES = {"steps": int, "schedule": str, "cfg_schedule": str, "order": str,
+                   "temperature_warmup": int, "top_k": int}  # fmt: skip
 
 
 def add_sampling_arguments(
@@ -120,19 +127,24 @@ def add_sampling_arguments(
     """The sampling knobs as every command takes them; each defaults to None = "not given", so
     `generation.resolve_sampling` falls back to the settings stored with the transformer.
 
-    Flags: --sample-steps, --schedule, --temperature, --gumbel-temperature, --cfg-weight, --cfg-schedule.
-    `aliases` adds an older spelling where it is unambiguous (`{"steps": "--steps"}` for `sample` and
-    `evaluate`; `train` uses --steps for optimizer steps).
+    Flags: --sample-steps, then `--<knob>` for every other `SamplingConfig` field (--schedule,
+    --temperature, --gumbel-temperature, --cfg-weight, --cfg-schedule, --order, --randomize-order /
+    --no-randomize-order, --temperature-end, --temperature-warmup, --top-k). `aliases` adds an older
+    spelling where it is unambiguous (`{"steps": "--steps"}` for `sample` and `evaluate`; `train`
+    uses --steps for optimizer steps).
     """
     group = parser.add_argument_group(title or "sampling (default: the settings stored with the transformer)")
     aliases = aliases or {}
-    flags = {"steps": "--sample-steps"}
-    types = {"steps": int, "schedule": str, "cfg_schedule": str}
     for knob, text in SAMPLING_HELP.items():
-        names = [flags.get(knob, "--" + knob.replace("_", "-"))]
+        names = ["--sample-steps" if knob == "steps" else "--" + knob.replace("_", "-")]
         if knob in aliases:
             names.append(aliases[knob])
-        group.add_argument(*names, dest=knob, type=types.get(knob, float), default=None, help=text)
+        kind = (
+            {"action": argparse.BooleanOptionalAction}
+            if knob == "randomize_order"
+            else {"type": _SAMPLING_TYPES.get(knob, float)}
+        )
+        group.add_argument(*names, dest=knob, default=None, help=text, **kind)
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:

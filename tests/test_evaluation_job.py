@@ -203,7 +203,12 @@ def test_job_reads_and_writes_s3(ray_cluster, tiny_models, reference_stats, s3_s
     reference = s3_server.url("evaluate/reference.npz")
     fs.put(reference_stats, reference)
     out = s3_server.url("evaluate/run")
-    args = command(tiny_models, reference, out, ray_cluster, "--classes", "2", "7")[3:]
+    remote_models = []
+    for name, folder in zip(("transformer", "tokenizer"), tiny_models):
+        remote_models.append(s3_server.url("evaluate", name))
+        fs.put(folder + "/", remote_models[-1].removeprefix("s3://"), recursive=True)
+    # Both models, the reference statistics and the output on S3: the workers read the models there.
+    args = command(remote_models, reference, out, ray_cluster, "--classes", "2", "7")[3:]
     assert main([*args, "--storage-options", json.dumps(s3_server.storage_options)]) == 0
     root = out.removeprefix("s3://")
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/samples")) == [

@@ -169,13 +169,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models):
-    """The service on 127.0.0.1 via `start_server`, in a local Ray cluster of this process."""
+def server(tiny_models, s3_server):
+    """The service on 127.0.0.1 via `start_server`, in a local Ray cluster of this process, reading both
+    models from s3:// with credentials only in the replicas' AWS environment (as on a real cluster)."""
+    import fsspec
     import ray
 
     from jobs.serve.app import start_server, stop_server
     from jobs.serve.schema import ServeOptions
 
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    urls = {}
+    for name in ("transformer", "tokenizer"):
+        urls[name] = s3_server.url("serve", name)
+        fs.put(getattr(tiny_models, name) + "/", urls[name].removeprefix("s3://"), recursive=True)
+    saved_env = {key: os.environ.get(key) for key in s3_server.env}
+    os.environ.update(s3_server.env)  # inherited by the Ray workers this process starts
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
     ray.init(
         address="local",
@@ -186,8 +195,8 @@ def server(tiny_models):
         logging_level=logging.WARNING,
     )
     options = ServeOptions(
-        transformer=tiny_models.transformer,
-        tokenizer=tiny_models.tokenizer,
+        transformer=urls["transformer"],
+        tokenizer=urls["tokenizer"],
         model_name="tiny-fashion",
         port=_free_port(),
         max_batch_images=32,
@@ -203,6 +212,11 @@ def server(tiny_models):
     finally:
         stop_server()
         shutil.rmtree(temp_dir, ignore_errors=True)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _post(server, route, body, **kwargs) -> requests.Response:
@@ -286,6 +300,61 @@ def test_inpaint_box_and_mask(server, engine):
     outside = np.ones((8, 8), dtype=bool)
     outside[5:7, 1:3] = False
     np.testing.assert_array_equal(grid[outside], known[outside])
+
+
+def _tiles(grid: np.ndarray, count: int, *, columns: int, size: int = 32, pad: int = 2) -> list[np.ndarray]:
+    """The `count` tiles of an `image_grid` picture, row by row."""
+    tiles = []
+    for index in range(count):
+        row, col = divmod(index, columns)
+        top, left = pad + row * (size + pad), pad + col * (size + pad)
+        tiles.append(grid[top : top + size, left : left + size])
+    return tiles
+
+
+@pytest.mark.ray
+def test_pipeline_cli_and_http_give_identical_images(server, tmp_path):
+    """The same seeds give the same pixels through `MaskGIT`, `maskgit sample` and the HTTP API
+    (which reads its models from S3): generation and inpainting."""
+    from generation import MaskGIT
+    from jobs.cli import main as cli_main
+
+    models = server.models
+    pipe = MaskGIT.load(models.transformer, models.tokenizer, device="cpu")
+    direct = pipe.generate([4, 0, 9], seeds=21).images
+    out = tmp_path / "grid.png"
+    models_args = ["--transformer", models.transformer, "--tokenizer", models.tokenizer]
+    cli = ["sample", *models_args, "--classes", "4", "0", "9", "--per-class", "1", "--seed", "21"]
+    assert cli_main([*cli, "--out", str(out)]) == 0
+    with Image.open(out) as picture:
+        from_cli = _tiles(np.asarray(picture.convert("RGB")), 3, columns=1)
+    reply = _post(server, "/v1/generate", {"class_ids": [4, 0, 9], "seed": 21})
+    assert reply.status_code == 200, reply.text
+    from_http = [_decode_png(item["png"]) for item in reply.json()["images"]]
+    for index in range(3):
+        np.testing.assert_array_equal(from_cli[index], direct[index])
+        np.testing.assert_array_equal(from_http[index], direct[index])
+
+    image = models.images[5]
+    edit = pipe.inpaint(image, class_id=2, box=(8, 8, 8, 8), count=2, seeds=9).images
+    (tmp_path / "input.png").write_bytes(encode_png(image))
+    edit_cli = [
+        "sample", *models_args, "--image", str(tmp_path / "input.png"), "--box", "8", "8", "8", "8",
+        "--class-id", "2", "--per-class", "2", "--seed", "9", "--out", str(tmp_path / "edit.png"),
+    ]  # fmt: skip
+    assert cli_main(edit_cli) == 0
+    with Image.open(tmp_path / "edit.png") as picture:
+        original, *edited_cli = _tiles(np.asarray(picture.convert("RGB")), 3, columns=3)
+    np.testing.assert_array_equal(original, image)
+    body = {"image": _png_b64(image), "box": {"top": 8, "left": 8, "height": 8, "width": 8}, "class_id": 2,
+            "count": 2, "seed": 9}  # fmt: skip
+    reply = _post(server, "/v1/inpaint", body)
+    assert reply.status_code == 200, reply.text
+    edited_http = [_decode_png(item["png"]) for item in reply.json()["images"]]
+    for index in range(2):
+        np.testing.assert_array_equal(edited_cli[index], edit[index])
+        np.testing.assert_array_equal(edited_http[index], edit[index])
+    assert not np.array_equal(edit[0], image)
 
 
 def _bad_requests(server) -> list[tuple[str, str, object, int, str]]:

@@ -16,10 +16,12 @@ from typing import NamedTuple
 
 from jobs.options import (
     add_ray_address_argument,
+    add_sampling_arguments,
     add_storage_options_argument,
     options_from_args,
     parse_storage_options,
     prefixed_values,
+    sampling_overrides,
 )
 from jobs.ray_session import ray_session
 from jobs.train.config import TrainJobConfig
@@ -236,23 +238,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     io.add_argument("--shuffle-window", type=int, default=defaults.shuffle_window)
     io.add_argument("--loader-workers", type=int, default=defaults.loader_workers)
     io.add_argument("--cache-dir", default=None, help="local shard cache (default: temp dir)")
-    sampling = parser.add_argument_group("sampling defaults exported with the weights")
-    # dest sampling_<field>: the SamplingConfig fields stored with the exported weights
-    sampling.add_argument("--sample-steps", dest="sampling_steps", type=int, default=None)
-    sampling.add_argument("--sample-schedule", dest="sampling_schedule", default=None)
-    sampling.add_argument("--temperature", dest="sampling_temperature", type=float, default=None)
-    sampling.add_argument(
-        "--gumbel-temperature", dest="sampling_gumbel_temperature", type=float, default=None
-    )
-    sampling.add_argument("--cfg-weight", dest="sampling_cfg_weight", type=float, default=None)
-    sampling.add_argument("--cfg-schedule", dest="sampling_cfg_schedule", default=None)
+    add_sampling_arguments(
+        parser, title="sampling defaults exported with the weights (and used for sample grids)",
+        aliases={"schedule": "--sample-schedule"},
+    )  # fmt: skip
     parser.set_defaults(run=_run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainJobConfig:
     """The `TrainJobConfig` of parsed `maskgit train` flags: dests are its field names, and
-    `optimizer_*`, `model_*`, `sampling_*` dests fill its nested optimizer, model overrides and
-    exported sampling defaults."""
+    `optimizer_*` and `model_*` dests fill its nested optimizer and model overrides, and the shared
+    sampling flags (`jobs.options.add_sampling_arguments`) its exported sampling defaults."""
     return options_from_args(
         TrainJobConfig,
         args,
@@ -261,7 +257,7 @@ def config_from_args(args: argparse.Namespace) -> TrainJobConfig:
             OptimizerSettings, args, prefix="optimizer_", betas=tuple(args.optimizer_betas)
         ),
         model_overrides=prefixed_values(args, "model_"),
-        sampling=prefixed_values(args, "sampling_"),
+        sampling={knob: value for knob, value in sampling_overrides(args).items() if value is not None},
     )
 
 
