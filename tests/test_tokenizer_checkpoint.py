@@ -323,3 +323,25 @@ def test_convert_cli_reports_bad_input_cleanly(tmp_path, small_model, capsys):
     ]
     assert cli_main(args) == 0
     same_outputs(small_model, load_vqgan(tmp_path / "out"), x_batch())
+
+
+@pytest.mark.s3
+def test_taming_checkpoint_on_s3_is_read_with_its_model_yaml(s3_server, small_ckpt, small_model):
+    import uuid
+
+    import fsspec
+
+    options = s3_server.storage_options
+    url = s3_server.url("tokenizer-tests", uuid.uuid4().hex)
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_vqgan(f"{url}/last.ckpt", storage_options=options)
+    fs.put_file(str(small_ckpt), f"{root}/last.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"model\.yaml"):
+        load_vqgan(f"{url}/last.ckpt", storage_options=options)
+    same_outputs(
+        small_model, load_vqgan(f"{url}/last.ckpt", config=SMALL_TAMING, storage_options=options), x_batch()
+    )
+    fs.put_file(str(small_ckpt.parent / "model.yaml"), f"{root}/model.yaml")
+    same_outputs(small_model, load_vqgan(f"{url}/last.ckpt", storage_options=options), x_batch())
+    assert weights_digest(f"{url}/last.ckpt", storage_options=options) == weights_digest(small_ckpt)

@@ -25,6 +25,7 @@ from weights import (
     CONFIG_FILE,
     FOLDER_VERSION,
     WEIGHTS_FILE,
+    exists,
     is_local,
     is_model_folder,
     load_folder_weights,
@@ -149,14 +150,12 @@ def _read_foreign(
     storage_options: StorageOptions,
 ) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
     """A taming checkpoint's config and tensors; a URL is downloaded first (with its `model.yaml`)."""
-    if is_local(path):
-        if not Path(path).exists():
-            raise FileNotFoundError(f"VQGAN checkpoint {path} does not exist")
-        return read_taming_checkpoint(path, config=config, map_location=map_location)
-    if config is None:
+    if not exists(path, storage_options):
+        raise FileNotFoundError(f"VQGAN checkpoint {os.fspath(path)} does not exist")
+    if config is None and not is_local(path):
         config = f"{os.fspath(path).rsplit('/', 1)[0]}/model.yaml"  # the released layout
     with local_copy(path, storage_options) as checkpoint:
-        if isinstance(config, VQGANConfig) or is_local(config):
+        if config is None or isinstance(config, VQGANConfig) or is_local(config):
             return read_taming_checkpoint(checkpoint, config=config, map_location=map_location)
         with local_copy(config, storage_options) as yaml_path:
             return read_taming_checkpoint(checkpoint, config=yaml_path, map_location=map_location)

@@ -32,6 +32,7 @@ from weights import (
     CONFIG_FILE,
     FOLDER_VERSION,
     WEIGHTS_FILE,
+    exists,
     is_local,
     is_model_folder,
     load_folder_weights,
@@ -129,11 +130,13 @@ def _reference(
     path: str | os.PathLike, storage_options: StorageOptions, **options: Any
 ) -> Iterator[ReferenceCheckpoint]:
     """The valeoai `.pth` at `path` (downloaded first when it is a URL)."""
-    if is_local(path) and not Path(path).exists():
-        raise FileNotFoundError(f"no transformer checkpoint at {path}")
-    if is_local(path) and Path(path).is_dir():
-        raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; not a transformer checkpoint folder")
+    if not exists(path, storage_options):
+        raise FileNotFoundError(f"no transformer checkpoint at {os.fspath(path)}")
     with local_copy(path, storage_options) as local:
+        if local.is_dir():
+            raise FileNotFoundError(
+                f"{os.fspath(path)} has no {CONFIG_FILE}; not a transformer checkpoint folder"
+            )
         yield read_reference_checkpoint(local, **options)
 
 
@@ -205,8 +208,8 @@ def load_class_names(
     """
     folder = _our_folder(path, storage_options)
     if folder is None:
-        if is_local(path) and not Path(path).exists():
-            raise FileNotFoundError(f"no transformer checkpoint at {path}")
+        if not exists(path, storage_options):
+            raise FileNotFoundError(f"no transformer checkpoint at {os.fspath(path)}")
         return None
     names = _read_record(folder, storage_options).get("class_names")
     if names is None:

@@ -5,7 +5,7 @@ it (`tokenizer.checkpoint`, `transformer.checkpoint`); see docs/architecture.md,
 
 Public API:
     save_folder, read_folder_config, load_folder_weights, is_model_folder, weights_digest,
-    local_copy, CONFIG_FILE, WEIGHTS_FILE, FOLDER_VERSION           -- weights.folder
+    local_copy, exists, is_local, CONFIG_FILE, WEIGHTS_FILE, FOLDER_VERSION           -- weights.folder
     unwrap_model, load_state_dict_strictly, state_dict_problems      -- weights.strict
 """
 
@@ -13,6 +13,7 @@ from weights.folder import (
     CONFIG_FILE,
     FOLDER_VERSION,
     WEIGHTS_FILE,
+    exists,
     is_local,
     is_model_folder,
     load_folder_weights,
@@ -27,6 +28,7 @@ __all__ = [
     "CONFIG_FILE",
     "FOLDER_VERSION",
     "WEIGHTS_FILE",
+    "exists",
     "is_local",
     "is_model_folder",
     "load_folder_weights",

@@ -160,6 +160,12 @@ def _write_local(folder: Path, weights: bytes, config: bytes) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def exists(path: PathOrURL, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether anything (a file or a folder) is at `path`, local or at a URL."""
+    fs, root = _filesystem(path, storage_options)
+    return bool(fs.exists(root))
+
+
 def is_model_folder(path: PathOrURL, storage_options: Mapping[str, Any] | None = None) -> bool:
     """Whether `path` is a folder holding a `config.json` (one of ours, or at least claiming to be)."""
     fs, root = _filesystem(path, storage_options)
