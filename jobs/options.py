@@ -122,7 +122,11 @@ _SAMPLING_TYPES = {"steps": int, "schedule": str, "cfg_schedule": str, "order": 
 
 
 def add_sampling_arguments(
-    parser: argparse.ArgumentParser, *, title: str | None = None, aliases: dict[str, str] | None = None
+    parser: argparse.ArgumentParser,
+    *,
+    title: str | None = None,
+    aliases: dict[str, str] | None = None,
+    dest_prefix: str = "",
 ) -> None:
     """The sampling knobs as every command takes them; each defaults to None = "not given", so
     `generation.resolve_sampling` falls back to the settings stored with the transformer.
@@ -131,7 +135,8 @@ def add_sampling_arguments(
     --temperature, --gumbel-temperature, --cfg-weight, --cfg-schedule, --order, --randomize-order /
     --no-randomize-order, --temperature-end, --temperature-warmup, --top-k). `aliases` adds an older
     spelling where it is unambiguous (`{"steps": "--steps"}` for `sample` and `evaluate`; `train`
-    uses --steps for optimizer steps).
+    uses --steps for optimizer steps). `dest_prefix` keeps the dests apart from a command's own
+    fields of the same name (`train` has `steps` and `schedule` of its own: it uses "sampling_").
     """
     group = parser.add_argument_group(title or "sampling (default: the settings stored with the transformer)")
     aliases = aliases or {}
@@ -144,9 +149,9 @@ def add_sampling_arguments(
             if knob == "randomize_order"
             else {"type": _SAMPLING_TYPES.get(knob, float)}
         )
-        group.add_argument(*names, dest=knob, default=None, help=text, **kind)
+        group.add_argument(*names, dest=dest_prefix + knob, default=None, help=text, **kind)
 
 
-def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """{knob: value or None} from a namespace parsed with `add_sampling_arguments`."""
-    return {knob: vars(args)[knob] for knob in SAMPLING_HELP}
+def sampling_overrides(args: argparse.Namespace, *, dest_prefix: str = "") -> dict[str, Any]:
+    """{knob: value or None} from a namespace parsed with `add_sampling_arguments(..., dest_prefix)`."""
+    return {knob: vars(args)[dest_prefix + knob] for knob in SAMPLING_HELP}

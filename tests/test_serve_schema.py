@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from jobs.serve.engine import pixel_mask_to_token_region
+from generation.regions import mask_to_token_region
 from jobs.serve.schema import GenerateRequest, InpaintRequest, ServeOptions
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "jobs" / "serve" / "config.yaml"
@@ -93,7 +93,7 @@ def test_pixel_mask_covers_every_touched_token():
     mask = np.zeros((32, 32), dtype=bool)
     mask[5, 9] = True  # one pixel in token (1, 2) of a 4-pixel grid
     mask[16:24, 0:4] = True  # exactly tokens (4..5, 0)
-    region = pixel_mask_to_token_region(mask, 4)
+    region = mask_to_token_region(mask, 4)
     assert region.shape == (8, 8)
     assert sorted(zip(*np.nonzero(region))) == [(1, 2), (4, 0), (5, 0)]
 

@@ -240,7 +240,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     io.add_argument("--cache-dir", default=None, help="local shard cache (default: temp dir)")
     add_sampling_arguments(
         parser, title="sampling defaults exported with the weights (and used for sample grids)",
-        aliases={"schedule": "--sample-schedule"},
+        aliases={"schedule": "--sample-schedule"}, dest_prefix="sampling_",
     )  # fmt: skip
     parser.set_defaults(run=_run)
 
@@ -257,7 +257,11 @@ def config_from_args(args: argparse.Namespace) -> TrainJobConfig:
             OptimizerSettings, args, prefix="optimizer_", betas=tuple(args.optimizer_betas)
         ),
         model_overrides=prefixed_values(args, "model_"),
-        sampling={knob: value for knob, value in sampling_overrides(args).items() if value is not None},
+        sampling={
+            knob: value
+            for knob, value in sampling_overrides(args, dest_prefix="sampling_").items()
+            if value is not None
+        },
     )
 
 
