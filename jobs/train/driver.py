@@ -127,7 +127,7 @@ def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> T
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from jobs.train.export import export_checkpoint
-    from jobs.train.worker import train_loop
+    from jobs.train.worker import model_config_for, train_loop
     from transformer.config import SamplingConfig
 
     SamplingConfig.from_dict(config.sampling)  # bad sampling defaults fail before any worker starts
@@ -155,7 +155,14 @@ def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> T
     with ray_session(ray_address, dashboard=True):
         trainer.fit()
     export_dir = f"{config.out.rstrip('/')}/export"
-    export_checkpoint(config.checkpoint_uri, export_dir, storage_options=config.storage_options)
+    # The store's class names travel with the weights; classes the store lacks are named by their id.
+    num_classes = model_config_for(config).num_classes
+    names = tuple(manifest.class_names[:num_classes]) + tuple(
+        str(i) for i in range(len(manifest.class_names), num_classes)
+    )
+    export_checkpoint(
+        config.checkpoint_uri, export_dir, storage_options=config.storage_options, class_names=names
+    )
     return TrainSummary(
         steps=config.steps, export_dir=export_dir, run_dir=config.out, checkpoint_dir=config.checkpoint_uri
     )

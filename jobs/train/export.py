@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsspec.implementations.local import LocalFileSystem
-
 from jobs.options import add_storage_options_argument, options_from_args
 from jobs.train.checkpoints import CheckpointError, CheckpointStore, step_dirname
-from pipeline.object_store import url_to_fs
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +29,7 @@ def export_checkpoint(
     step: int | None = None,
     use_ema: bool | None = None,
     storage_options: dict | None = None,
+    class_names: tuple[str, ...] | None = None,
 ) -> str:
     """Write the weights of a training checkpoint in our folder format; returns `out`.
 
@@ -41,6 +39,7 @@ def export_checkpoint(
         step: which checkpoint (default: the latest complete one).
         use_ema: export the EMA weights (default: when the run kept an EMA).
         storage_options: fsspec options for both locations.
+        class_names: names of the classes (the token store's), stored with the weights.
     """
     from jobs.train.deepspeed_config import select_accelerator
 
@@ -71,13 +70,9 @@ def export_checkpoint(
             model, {k: v.float() for k, v in state_dict.items()}, f"checkpoint step {step}"
         )
         sampling = SamplingConfig.from_dict(meta.extra.get("sampling") or {})
-        fs, root = url_to_fs(out, storage_options)
-        if isinstance(fs, LocalFileSystem):
-            save_transformer(model, out, sampling=sampling)
-        else:
-            local = save_transformer(model, Path(tmp) / "export", sampling=sampling)
-            for path in local.iterdir():
-                fs.put_file(str(path), f"{root}/{path.name}")
+        save_transformer(
+            model, out, sampling=sampling, class_names=class_names, storage_options=storage_options
+        )  # atomic, local or remote
     logger.info("exported step %d (%s weights) to %s", step, "EMA" if use_ema else "fp32", out)
     return out
 
