@@ -358,6 +358,8 @@ class S3FaultProxy:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             client_writer.transport.abort()
+        except asyncio.CancelledError:  # stop(): end quietly
+            client_writer.transport.abort()
         finally:
             self._tasks.discard(task)
             if upstream is not None:

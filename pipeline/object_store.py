@@ -8,12 +8,12 @@ key by key).
 
 What is retried where, for an S3 request (outermost last):
 
-1. botocore (`S3_CONFIG_DEFAULTS`): every request (GET, PUT, HEAD, LIST, multipart parts) up to
-   `max_attempts` retries after the first try, exponential backoff with jitter. Retried: throttling
-   (`503 SlowDown`; "adaptive" mode also slows the client's own request rate after one), other 5xx
-   answers, connection errors (refused, reset, closed before or while the response head arrives) and
-   timeouts: `connect_timeout`, and `read_timeout` for a server that stops answering (a stall shorter
-   than it is simply waited out; a longer one is cut and retried).
+1. botocore (`S3_CONFIG_DEFAULTS`, "standard" mode): every request (GET, PUT, HEAD, LIST, multipart
+   parts) up to `max_attempts` retries after the first try, exponential backoff with jitter (a
+   random delay below 2**(retry - 1) s, at most 20 s). Retried: throttling (`503 SlowDown`), other
+   5xx answers, connection errors (refused, reset, closed before or while the response head
+   arrives) and timeouts: `connect_timeout`, and `read_timeout` for a server that stops answering
+   (a stall shorter than it is simply waited out; a longer one is cut and retried).
 2. s3fs (`S3FileSystem.retries`, 5 attempts, 0.1-0.8 s apart; a class attribute, not a storage
    option): the whole call including reading the response *body*, which botocore does not retry — a
    connection reset mid-body (`ClientPayloadError` / `ResponseStreamingError`) is refetched here,
@@ -39,7 +39,10 @@ import fsspec
 
 # botocore Config keyword arguments (s3fs `config_kwargs`) for every s3:// client of ours.
 S3_CONFIG_DEFAULTS: dict[str, Any] = {
-    "retries": {"max_attempts": 5, "mode": "adaptive"},
+    # "standard", not "adaptive": adaptive also throttles the client's own request rate after a
+    # SlowDown, which cost 2.3x the time of standard mode for the same 5 % of faults here
+    # (benchmarks/bench_s3_faults.py measures both).
+    "retries": {"max_attempts": 5, "mode": "standard"},
     "connect_timeout": 10,  # seconds to open a connection
     "read_timeout": 60,  # seconds without a byte from the server before botocore cuts and retries
 }
