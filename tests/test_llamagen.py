@@ -15,7 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tokenizer.checkpoint import load_tokenizer, read_vqgan_config, save_vqgan
 from tokenizer.config import LLAMAGEN_PRESETS, PRESETS, LlamaGenVQConfig, VQGANConfig
+from tokenizer.convert import read_taming_checkpoint
 from tokenizer.convert_llamagen import expected_shapes, infer_llamagen_config, read_llamagen_checkpoint
 from tokenizer.llamagen import LlamaGenVQ
 from tokenizer.losses import VQGANLoss
@@ -92,6 +94,10 @@ def test_released_file_loads_strictly_and_runs(tmp_path):
     indices = model.encode_to_indices(images(1, 3, 32, 48))
     assert indices.shape == (1, 2, 3) and int(indices.max()) < 16384
     assert model.decode_from_indices(indices).shape == (1, 3, 32, 48)
+    # The one tokenizer loader recognises the file by its keys.
+    loaded = load_tokenizer(path)
+    assert isinstance(loaded, LlamaGenVQ)
+    assert torch.equal(loaded.encode_to_indices(images(1, 3, 32, 48)), indices)
 
 
 @pytest.mark.parametrize("entry", ["ema", "state_dict"])
@@ -127,11 +133,33 @@ def test_renamed_missing_and_misshaped_keys_are_named(tmp_path, tiny):
         read_llamagen_checkpoint(path)
 
 
-def test_v1_tokenizer_is_refused_with_a_pointer(tmp_path):
-    path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": VQGAN(PRESETS["tiny-f4"]).state_dict()}, path)
+def test_v1_and_v2_tokenizers_are_told_apart(tmp_path, tiny):
+    taming = tmp_path / "last.ckpt"
+    torch.save({"state_dict": VQGAN(PRESETS["tiny-f4"]).state_dict()}, taming)
     with pytest.raises(ValueError, match=r"taming VQGAN checkpoint.*convert-vqgan"):
-        read_llamagen_checkpoint(path)
+        read_llamagen_checkpoint(taming)
+    llamagen = tmp_path / "vq.pt"
+    torch.save({"model": tiny.state_dict()}, llamagen)
+    with pytest.raises(ValueError, match=r"LlamaGen VQ checkpoint \(the v2 tokenizer\).*convert_llamagen"):
+        read_taming_checkpoint(llamagen, config=PRESETS["tiny-f4"])
+    with pytest.raises(ValueError, match="taming VQGAN checkpoint"):
+        load_tokenizer(taming, config=TINY)  # a LlamaGen config for a taming file
+
+
+def test_our_folder_round_trip_for_both_families(tmp_path, tiny):
+    save_vqgan(tiny, tmp_path / "llamagen")
+    assert read_vqgan_config(tmp_path / "llamagen") == TINY
+    loaded = load_tokenizer(tmp_path / "llamagen")
+    assert isinstance(loaded, LlamaGenVQ)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in tiny.state_dict().items())
+    with pytest.raises(ValueError, match="differs"):
+        load_tokenizer(tmp_path / "llamagen", config=LLAMAGEN_PRESETS["llamagen-small-f8"])
+    save_vqgan(VQGAN(PRESETS["tiny-f4"]), tmp_path / "vqgan")
+    config_path = tmp_path / "vqgan" / "config.json"
+    document = json.loads(config_path.read_text())
+    del document["config"]["family"]  # a folder written before the field existed
+    config_path.write_text(json.dumps(document))
+    assert isinstance(load_tokenizer(tmp_path / "vqgan"), VQGAN)
 
 
 def test_inference_from_shapes(tiny):

@@ -3,7 +3,8 @@
 Public API:
     VQGANConfig, PRESETS, preset          -- tokenizer.config
     VQGAN, VQGANOutput                    -- tokenizer.vqgan
-    save_vqgan, load_vqgan, weights_digest -- tokenizer.checkpoint
+    LlamaGenVQConfig, LlamaGenVQ          -- tokenizer.config, tokenizer.llamagen (the v2 tokenizer family)
+    save_vqgan, load_vqgan (= load_tokenizer, either family), weights_digest -- tokenizer.checkpoint
 
 Also (import from their modules): `tokenizer.convert` (reads taming `last.ckpt` + `model.yaml`),
 `tokenizer.train` (TokenizerTrainingConfig, train_tokenizer -> TrainingSummary), `tokenizer.quality`
@@ -11,15 +12,20 @@ Also (import from their modules): `tokenizer.convert` (reads taming `last.ckpt` 
 `perceptual`, `codebook`.
 """
 
-from tokenizer.checkpoint import load_vqgan, save_vqgan, weights_digest
-from tokenizer.config import PRESETS, VQGANConfig, preset
+from tokenizer.checkpoint import load_tokenizer, load_vqgan, save_vqgan, weights_digest
+from tokenizer.config import LLAMAGEN_PRESETS, PRESETS, LlamaGenVQConfig, VQGANConfig, preset
+from tokenizer.llamagen import LlamaGenVQ
 from tokenizer.vqgan import VQGAN, VQGANOutput
 
 __all__ = [
+    "LLAMAGEN_PRESETS",
     "PRESETS",
     "VQGAN",
+    "LlamaGenVQ",
+    "LlamaGenVQConfig",
     "VQGANConfig",
     "VQGANOutput",
+    "load_tokenizer",
     "load_vqgan",
     "preset",
     "save_vqgan",

@@ -4,6 +4,9 @@ The config travels with the weights (docs/architecture.md, "Weights"): `save_vqg
 VQGANConfig next to the safetensors file through `weights.save_folder` (atomically, locally or at an
 fsspec URL). `load_vqgan` reads that folder, or hands a foreign checkpoint (taming's Lightning
 `last.ckpt`, a bare state-dict `.pt`) to `tokenizer.convert`, the one reader of foreign formats.
+Both tokenizer families live in the same folder format, told apart by the stored config's `family`
+("vqgan" or "llamagen-vq"; folders saved before the field existed are VQGANs); a foreign file
+holding a LlamaGen VQ (the v2 tokenizer, `vq_ds16_c2i.pt`) goes to `tokenizer.convert_llamagen`.
 Loading is strict everywhere: a missing or unexpected key, or a shape mismatch, is an error that
 names it. Nothing here executes pickles.
 """
@@ -18,8 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from tokenizer.config import VQGANConfig
+from tokenizer.config import LlamaGenVQConfig, VQGANConfig
 from tokenizer.convert import read_taming_checkpoint
+from tokenizer.convert_llamagen import is_llamagen_checkpoint, read_llamagen_checkpoint
+from tokenizer.families import Tokenizer, TokenizerConfig, build_tokenizer, tokenizer_config_from_dict
+from tokenizer.llamagen import LlamaGenVQ
 from tokenizer.vqgan import VQGAN
 from weights import (
     CONFIG_FILE,
@@ -43,6 +49,7 @@ __all__ = [
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
     "load_state_dict_strictly",
+    "load_tokenizer",
     "load_vqgan",
     "read_vqgan_config",
     "save_vqgan",
@@ -71,7 +78,7 @@ def save_vqgan(
     """Write `model` (unwrapped) as `directory/config.json` + `directory/model.safetensors`, atomically.
 
     Args:
-        model: a VQGAN, possibly wrapped (DDP, DeepSpeed engine, torch.compile).
+        model: a VQGAN or LlamaGenVQ, possibly wrapped (DDP, DeepSpeed engine, torch.compile).
         directory: a local folder or an fsspec URL (`s3://bucket/models/vqgan`).
         storage_options: fsspec options for a URL.
 
@@ -79,8 +86,8 @@ def save_vqgan(
         The folder (a `Path` for a local folder, the URL otherwise).
     """
     model = unwrap_model(model)
-    if not isinstance(model, VQGAN):
-        raise ValueError(f"save_vqgan expects a VQGAN, got {type(model).__name__}")
+    if not isinstance(model, VQGAN | LlamaGenVQ):
+        raise ValueError(f"save_vqgan expects a VQGAN or LlamaGenVQ, got {type(model).__name__}")
     return save_folder(
         directory,
         format_name=FORMAT_NAME,
@@ -90,8 +97,10 @@ def save_vqgan(
     )
 
 
-def read_vqgan_config(directory: str | os.PathLike, storage_options: StorageOptions = None) -> VQGANConfig:
-    """The VQGANConfig stored in one of our model folders (local or an fsspec URL).
+def read_vqgan_config(
+    directory: str | os.PathLike, storage_options: StorageOptions = None
+) -> TokenizerConfig:
+    """The tokenizer config (VQGANConfig or LlamaGenVQConfig) stored in one of our folders (local or URL).
 
     Raises:
         FileNotFoundError: no `config.json` in `directory`.
@@ -99,27 +108,32 @@ def read_vqgan_config(directory: str | os.PathLike, storage_options: StorageOpti
     """
     record = read_folder_config(directory, FORMAT_NAME, storage_options)
     try:
-        return VQGANConfig.from_dict(record["config"])
+        return tokenizer_config_from_dict(record["config"])
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{os.fspath(directory)}/{CONFIG_FILE}: invalid VQGAN config: {error}") from None
+        raise ValueError(f"{os.fspath(directory)}/{CONFIG_FILE}: invalid tokenizer config: {error}") from None
 
 
 def load_vqgan(
     path: str | os.PathLike,
     *,
-    config: VQGANConfig | str | os.PathLike | None = None,
+    config: TokenizerConfig | str | os.PathLike | None = None,
     map_location: str | torch.device = "cpu",
     storage_options: StorageOptions = None,
-) -> VQGAN:
-    """Load a VQGAN in eval mode from our folder format or a taming checkpoint, local or at a URL.
+) -> Tokenizer:
+    """Load a tokenizer (VQGAN or LlamaGenVQ) in eval mode from our folder format or a foreign checkpoint.
+
+    The family comes from the folder's stored config, or for a foreign file from its key names.
+    `load_tokenizer` is the same function.
 
     Args:
         path: one of our model folders (`config.json` + `model.safetensors`); a taming Lightning
-            `last.ckpt` (its `model.yaml` is looked up beside it or in `../configs/`); or a bare
-            state-dict `.pt`/`.pth` file. A local path or an fsspec URL.
-        config: for a foreign checkpoint, a VQGANConfig or the path of taming's `model.yaml`
-            (needed when none sits where `convert.find_taming_config` looks). For our folder, a
-            VQGANConfig that must equal the stored one.
+            `last.ckpt` (its `model.yaml` is looked up beside it or in `../configs/`); a LlamaGen VQ
+            file (`vq_ds16_c2i.pt`); or a bare state-dict `.pt`/`.pth` file. A local path or an
+            fsspec URL.
+        config: for a taming checkpoint, a VQGANConfig or the path of taming's `model.yaml`
+            (needed when none sits where `convert.find_taming_config` looks); for a LlamaGen file,
+            a LlamaGenVQConfig (default: read from the shapes). For our folder, a config that must
+            equal the stored one.
         map_location: device for the weights.
         storage_options: fsspec options for URLs.
 
@@ -129,8 +143,10 @@ def load_vqgan(
     """
     if is_model_folder(path, storage_options):
         stored = read_vqgan_config(path, storage_options)
-        if config is not None and not isinstance(config, VQGANConfig):
-            raise ValueError(f"{path} stores its own config; pass a VQGANConfig or nothing, not {config!r}")
+        if config is not None and not isinstance(config, VQGANConfig | LlamaGenVQConfig):
+            raise ValueError(
+                f"{path} stores its own config; pass a tokenizer config or nothing, not {config!r}"
+            )
         if config is not None and config != stored:
             raise ValueError(f"config given for {path} differs from its stored {CONFIG_FILE}: {stored}")
         state_dict = load_folder_weights(path, map_location, storage_options)
@@ -138,23 +154,29 @@ def load_vqgan(
     else:
         stored, state_dict = _read_foreign(path, config, map_location, storage_options)
         source = os.fspath(path)
-    model = VQGAN(stored)
-    load_state_dict_strictly(model, state_dict, source=source)
+    model = build_tokenizer(stored)
+    _load_strictly(model, state_dict, source, what=f"the {type(model).__name__} config")
     return model.to(map_location).eval()
+
+
+load_tokenizer = load_vqgan
 
 
 def _read_foreign(
     path: str | os.PathLike,
-    config: VQGANConfig | str | os.PathLike | None,
+    config: TokenizerConfig | str | os.PathLike | None,
     map_location: str | torch.device,
     storage_options: StorageOptions,
-) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
-    """A taming checkpoint's config and tensors; a URL is downloaded first (with its `model.yaml`)."""
+) -> tuple[TokenizerConfig, dict[str, torch.Tensor]]:
+    """A LlamaGen VQ or taming checkpoint's config and tensors; a URL is downloaded first (a taming
+    one with its `model.yaml`)."""
     if not exists(path, storage_options):
         raise FileNotFoundError(f"VQGAN checkpoint {os.fspath(path)} does not exist")
-    if config is None and not is_local(path):
-        config = f"{os.fspath(path).rsplit('/', 1)[0]}/model.yaml"  # the released layout
     with local_copy(path, storage_options) as checkpoint:
+        if isinstance(config, LlamaGenVQConfig) or (config is None and is_llamagen_checkpoint(checkpoint)):
+            return read_llamagen_checkpoint(checkpoint, config=config)
+        if config is None and not is_local(path):
+            config = f"{os.fspath(path).rsplit('/', 1)[0]}/model.yaml"  # the released layout
         if config is None or isinstance(config, VQGANConfig) or is_local(config):
             return read_taming_checkpoint(checkpoint, config=config, map_location=map_location)
         with local_copy(config, storage_options) as yaml_path:

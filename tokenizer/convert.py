@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from tokenizer.config import VQGANConfig
+from tokenizer.convert_llamagen import is_llamagen_checkpoint
 
 IGNORED_PREFIXES = ("loss.",)
 
@@ -221,5 +222,10 @@ def read_taming_checkpoint(
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    if is_llamagen_checkpoint(checkpoint):
+        raise ValueError(
+            f"{checkpoint} is a LlamaGen VQ checkpoint (the v2 tokenizer), not a taming VQGAN; read it "
+            "with tokenizer.convert_llamagen.read_llamagen_checkpoint (or load_tokenizer)"
+        )
     resolved = _resolve_config(checkpoint, config)
     return TamingCheckpoint(resolved, read_taming_state_dict(checkpoint, map_location=map_location))

@@ -212,3 +212,16 @@ def read_llamagen_checkpoint(
         config = infer_llamagen_config(state_dict, source=str(path))
     check_state_dict(state_dict, expected_shapes(config), str(path))
     return LlamaGenCheckpoint(config=config, state_dict=state_dict)
+
+
+def is_llamagen_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a torch file holding a LlamaGen VQ state dict (by its key names; nothing checked
+    beyond that). Files that cannot be read weights-only, taming checkpoints and ours give False."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        state_dict = _state_dict_of(_load_payload(path), str(path))
+    except ValueError:
+        return False
+    return any(key.startswith("encoder.conv_blocks.") for key in state_dict)

@@ -2,8 +2,11 @@
 
 Pure torch; imports nothing else of ours. Public API:
 
-* `TransformerConfig`, `SamplingConfig`, `PRESETS`, `SAMPLING_PRESETS` (config.py)
-* `MaskTransformer` (model.py)
+* `TransformerConfig`, `HaltonConfig`, `SamplingConfig`, `PRESETS`, `HALTON_PRESETS`, `SAMPLING_PRESETS`
+  (config.py)
+* `MaskTransformer` (model.py, v1), `HaltonTransformer` (halton.py, v2), both `MaskPredictor`s
+* `build_transformer`, `transformer_config_from_dict`, `transformer_preset` (families.py)
+* `halton_order`, `halton_tokens_per_step` (halton_order.py)
 * `mask_ratio`, `tokens_per_step`, `SCHEDULES` (masking.py)
 * `mask_tokens`, `masked_token_loss`, `ObjectiveOutput` (objective.py)
 * `sample`, `SampleResult` (sample.py)
@@ -19,18 +22,32 @@ from transformer.checkpoint import (
     read_transformer_config,
     save_transformer,
 )
-from transformer.config import PRESETS, SAMPLING_PRESETS, SamplingConfig, TransformerConfig
+from transformer.config import (
+    HALTON_PRESETS,
+    PRESETS,
+    SAMPLING_PRESETS,
+    HaltonConfig,
+    SamplingConfig,
+    TransformerConfig,
+)
 from transformer.editing import EditResult, TokenBox, class_guided_edit, inpaint, latent_box, outpaint
+from transformer.families import build_transformer, transformer_config_from_dict, transformer_preset
+from transformer.halton import HaltonTransformer
+from transformer.halton_order import halton_order, halton_tokens_per_step
 from transformer.masking import SCHEDULES, mask_ratio, tokens_per_step
-from transformer.model import MaskTransformer, unwrap_model
+from transformer.model import MaskPredictor, MaskTransformer, unwrap_model
 from transformer.objective import MaskedTokens, ObjectiveOutput, mask_tokens, masked_token_loss
 from transformer.sample import SampleResult, SampleTrace, sample
 
 __all__ = [
+    "HALTON_PRESETS",
     "PRESETS",
     "SAMPLING_PRESETS",
     "SCHEDULES",
     "EditResult",
+    "HaltonConfig",
+    "HaltonTransformer",
+    "MaskPredictor",
     "MaskTransformer",
     "MaskedTokens",
     "ObjectiveOutput",
@@ -39,7 +56,10 @@ __all__ = [
     "SamplingConfig",
     "TokenBox",
     "TransformerConfig",
+    "build_transformer",
     "class_guided_edit",
+    "halton_order",
+    "halton_tokens_per_step",
     "inpaint",
     "latent_box",
     "load_class_names",
@@ -53,5 +73,7 @@ __all__ = [
     "sample",
     "save_transformer",
     "tokens_per_step",
+    "transformer_config_from_dict",
+    "transformer_preset",
     "unwrap_model",
 ]

@@ -12,6 +12,13 @@ server decode the way the exporter intended and can label their outputs. Version
 under "model", no class names) still load. Wrapped models (DDP, DeepSpeed engines, `torch.compile`)
 are unwrapped before saving. Loading is strict: a missing, unexpected or mis-shaped key is an error
 that names it. Every path may be local or an fsspec URL (`s3://bucket/run/export`).
+
+Both transformer families share the folder format; the stored config's `family` ("maskgit" or
+"halton"; folders saved before the field existed are "maskgit") decides which model is built. A
+tied tensor (the v2 head, which is `tok_emb.weight`) is stored once, under its source key, and
+restored on loading. Foreign `.pth` files are told apart by their keys: v2 (Halton-MaskGIT) files,
+which have a class embedding `cls_emb.weight`, go to `transformer.convert_halton`, v1 files to
+`transformer.convert`.
 """
 
 from __future__ import annotations
@@ -20,14 +27,21 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from transformer.config import SamplingConfig, TransformerConfig
-from transformer.convert import REFERENCE_NUM_HEADS, ReferenceCheckpoint, read_reference_checkpoint
-from transformer.model import MaskTransformer, unwrap_model
+from transformer.config import SamplingConfig
+from transformer.convert import REFERENCE_NUM_HEADS, read_reference_checkpoint
+from transformer.convert_halton import is_halton_checkpoint, read_halton_checkpoint
+from transformer.families import (
+    ModelConfig,
+    build_transformer,
+    reference_sampling,
+    transformer_config_from_dict,
+)
+from transformer.model import MaskPredictor, unwrap_model
 from weights import (
     CONFIG_FILE,
     FOLDER_VERSION,
@@ -81,7 +95,8 @@ def save_transformer(
     """Write `config.json` + `model.safetensors` into `directory` (created if needed), atomically.
 
     Args:
-        model: a MaskTransformer, possibly wrapped (DDP, DeepSpeed engine, torch.compile).
+        model: a MaskTransformer or HaltonTransformer, possibly wrapped (DDP, DeepSpeed engine,
+            torch.compile).
         directory: output folder, local or an fsspec URL.
         sampling: sampling defaults to store next to the weights (default: `SamplingConfig()`).
         class_names: the name of each class id (C names), stored with the model.
@@ -99,11 +114,14 @@ def save_transformer(
         raise ValueError(
             f"{len(names)} class names given for a model of {transformer.config.num_classes} classes"
         )
+    state_dict = {
+        key: value for key, value in transformer.state_dict().items() if key not in transformer.tied_weights
+    }
     return save_folder(
         directory,
         format_name=FORMAT_NAME,
         config=transformer.config.to_dict(),
-        state_dict=transformer.state_dict(),
+        state_dict=state_dict,
         extra={"sampling": (sampling or SamplingConfig()).to_dict(), "class_names": names},
         storage_options=storage_options,
     )
@@ -125,11 +143,23 @@ def _read_record(folder: str, storage_options: StorageOptions) -> dict[str, Any]
     return read_folder_config(folder, FORMAT_NAME, storage_options)
 
 
+class ForeignCheckpoint(NamedTuple):
+    """A valeoai `.pth` (v1 or v2) read into our terms, with the reference's sampling settings."""
+
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    sampling: SamplingConfig
+
+
 @contextlib.contextmanager
 def _reference(
-    path: str | os.PathLike, storage_options: StorageOptions, **options: Any
-) -> Iterator[ReferenceCheckpoint]:
-    """The valeoai `.pth` at `path` (downloaded first when it is a URL)."""
+    path: str | os.PathLike,
+    storage_options: StorageOptions,
+    *,
+    num_heads: int | None = None,
+    **options: Any,
+) -> Iterator[ForeignCheckpoint]:
+    """The valeoai `.pth` at `path`, v1 or v2 by its keys (downloaded first when it is a URL)."""
     if not exists(path, storage_options):
         raise FileNotFoundError(f"no transformer checkpoint at {os.fspath(path)}")
     with local_copy(path, storage_options) as local:
@@ -137,16 +167,23 @@ def _reference(
             raise FileNotFoundError(
                 f"{os.fspath(path)} has no {CONFIG_FILE}; not a transformer checkpoint folder"
             )
-        yield read_reference_checkpoint(local, **options)
+        if is_halton_checkpoint(local):
+            config, state_dict = read_halton_checkpoint(local, num_heads=num_heads)
+            yield ForeignCheckpoint(config, state_dict, reference_sampling(config))
+        else:
+            heads = REFERENCE_NUM_HEADS if num_heads is None else num_heads
+            reference = read_reference_checkpoint(local, num_heads=heads, **options)
+            yield ForeignCheckpoint(reference.config, reference.state_dict, reference.sampling)
 
 
 def read_transformer_config(
     path: str | os.PathLike, storage_options: StorageOptions = None
-) -> TransformerConfig:
-    """The `TransformerConfig` of a checkpoint (ours or a reference `.pth`) without building the model."""
+) -> ModelConfig:
+    """The config (TransformerConfig or HaltonConfig) of a checkpoint, ours or a reference `.pth`,
+    without building the model."""
     folder = _our_folder(path, storage_options)
     if folder is not None:
-        return TransformerConfig.from_dict(_read_record(folder, storage_options)["config"])
+        return transformer_config_from_dict(_read_record(folder, storage_options)["config"])
     with _reference(path, storage_options) as reference:
         return reference.config
 
@@ -156,41 +193,47 @@ def load_transformer(
     *,
     num_classes: int | None = None,
     codebook_size: int | None = None,
-    num_heads: int = REFERENCE_NUM_HEADS,
+    num_heads: int | None = None,
     map_location: str | torch.device = "cpu",
     storage_options: StorageOptions = None,
-) -> MaskTransformer:
-    """Load a transformer from our folder format or from a valeoai `.pth`, strictly, in eval mode.
+) -> MaskPredictor:
+    """Load a transformer of either family from our folder format or a valeoai `.pth`, strictly.
 
     Args:
-        path: our checkpoint folder (or its config.json / model.safetensors), or a reference `.pth`;
-            local or an fsspec URL.
-        num_classes: only for reference files with a non-released vocabulary (see `convert.py`).
+        path: our checkpoint folder (or its config.json / model.safetensors), or a reference `.pth`
+            (v1 MaskGIT or v2 Halton-MaskGIT, told apart by its keys); local or an fsspec URL.
+        num_classes: only for v1 reference files with a non-released vocabulary (see `convert.py`).
         codebook_size: alternatively to `num_classes`.
-        num_heads: only for reference files of a non-reference size (every reference size uses 16).
+        num_heads: only for reference files of a non-reference size (v1: 16 in every reference
+            size; v2: each reference width has its own).
         map_location: device for the weights.
         storage_options: fsspec options for URLs.
 
     Returns:
-        MaskTransformer in eval mode.
+        MaskTransformer or HaltonTransformer (as the stored config's family says), in eval mode.
     """
     folder = _our_folder(path, storage_options)
     if folder is not None:
-        config = TransformerConfig.from_dict(_read_record(folder, storage_options)["config"])
+        config = transformer_config_from_dict(_read_record(folder, storage_options)["config"])
         state_dict = load_folder_weights(folder, map_location, storage_options)
         source = f"{folder}/{WEIGHTS_FILE}"
     else:
         options = {"num_classes": num_classes, "codebook_size": codebook_size, "num_heads": num_heads}
         with _reference(path, storage_options, **options) as reference:
             config, state_dict, source = reference.config, reference.state_dict, os.fspath(path)
-    model = MaskTransformer(config)
-    load_state_dict_strictly(model, state_dict, source)
+    model = build_transformer(config)
+    state_dict = dict(state_dict)
+    for alias, key in model.tied_weights.items():  # stored once in our folders
+        if alias not in state_dict and key in state_dict:
+            state_dict[alias] = state_dict[key]
+    _load_strictly(model, state_dict, source, what=f"the {type(model).__name__} layout")
     return model.to(map_location).eval()
 
 
 def load_sampling_config(path: str | os.PathLike, storage_options: StorageOptions = None) -> SamplingConfig:
     """Sampling defaults stored with a checkpoint; reference `.pth` files get the reference's settings
-    for their resolution (256: 8 steps, Gumbel 4.5, CFG 3; 512: 15 steps, Gumbel 7, CFG 2.8)."""
+    for their resolution (v1 256: 8 steps, Gumbel 4.5, CFG 3; 512: 15 steps, Gumbel 7, CFG 2.8) or,
+    for v2 files, for their model size (32 Halton steps, constant CFG; `config.SAMPLING_PRESETS`)."""
     folder = _our_folder(path, storage_options)
     if folder is not None:
         stored = _read_record(folder, storage_options).get("sampling")

@@ -224,6 +224,10 @@ class HaltonConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def replace(self, **changes: Any) -> HaltonConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> HaltonConfig:
         """Build from a dict (e.g. config.json), naming unknown keys instead of ignoring them."""
@@ -263,7 +267,6 @@ HALTON_PRESETS: dict[str, HaltonConfig] = {
         depth=8,
         num_heads=8,
         mlp_size=1024,
-        ffn_multiple_of=64,
     ),
     "halton-tiny": HaltonConfig(
         codebook_size=256,
@@ -273,7 +276,7 @@ HALTON_PRESETS: dict[str, HaltonConfig] = {
         depth=4,
         num_heads=4,
         mlp_size=512,
-        ffn_multiple_of=64,
+        ffn_multiple_of=128,
     ),
 }
 

@@ -79,6 +79,11 @@ def infer_reference_config(
     Returns:
         the config whose `MaskTransformer` has exactly these shapes (checked when loading).
     """
+    if "cls_emb.weight" in state_dict:
+        raise ValueError(
+            f"{source} is a valeoai v2 (Halton-MaskGIT) transformer checkpoint (key 'cls_emb.weight'), "
+            "not v1; read it with transformer.convert_halton.read_halton_checkpoint (or load_transformer)"
+        )
     vocab_size, width = _require(state_dict, "tok_emb.weight", 2, source)
     _, sequence_length, _ = _require(state_dict, "pos_emb", 3, source)
     grid_size = math.isqrt(sequence_length - 1)

@@ -151,12 +151,14 @@ def infer_halton_config(
         )
     except ValueError as error:
         raise ValueError(f"{source}: {error}; pass the architecture as `config`") from error
-    if config.ffn_size != ffn:
-        raise ValueError(
-            f"{source}: transformer.layers.0.ff.w1.weight has {ffn} rows, but the reference's SwiGLU "
-            f"width for D = {width} is {config.ffn_size}; pass the architecture as `config`"
-        )
-    return config
+    # The reference rounds the SwiGLU width up to a multiple of 256; smaller models may round to less.
+    for multiple in (256, 128, 64, 32, 16, 8, 4, 2, 1):
+        if config.replace(ffn_multiple_of=multiple).ffn_size == ffn:
+            return config.replace(ffn_multiple_of=multiple)
+    raise ValueError(
+        f"{source}: transformer.layers.0.ff.w1.weight has {ffn} rows, which is no SwiGLU width of "
+        f"mlp_size 4·D = {4 * width}; pass the architecture as `config`"
+    )
 
 
 def _load_payload(path: Path) -> Any:
@@ -226,3 +228,16 @@ def read_halton_checkpoint(
             f"{path}: head.weight differs from tok_emb.weight, but the model ties them (one tensor)"
         )
     return HaltonCheckpoint(config=config, state_dict=state_dict)
+
+
+def is_halton_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a torch file holding a v2 transformer state dict (by its key names: a class
+    embedding `cls_emb.weight`, which v1 files do not have). Unreadable files give False."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        state_dict = _state_dict_of(_load_payload(path), str(path))
+    except ValueError:
+        return False
+    return "cls_emb.weight" in state_dict

@@ -31,6 +31,8 @@ K codebook size, C classes.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -163,6 +165,8 @@ class HaltonTransformer(MaskPredictor):
     Args:
         config: sizes and vocabulary (see `HaltonConfig`).
     """
+
+    tied_weights: ClassVar[dict[str, str]] = {"head.weight": "tok_emb.weight"}
 
     def __init__(self, config: HaltonConfig) -> None:
         super().__init__()

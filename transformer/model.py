@@ -21,6 +21,8 @@ length, D width, H heads, K codebook size (logits over codes), V vocabulary rows
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,6 +135,9 @@ class MaskPredictor(nn.Module):
     """
 
     config: TransformerConfig | HaltonConfig
+    # State-dict keys that name the same tensor as another key (alias -> source); our folder format
+    # stores such a tensor once, under its source key.
+    tied_weights: ClassVar[dict[str, str]] = {}
 
     def check_inputs(
         self, tokens: torch.Tensor, class_ids: torch.Tensor, drop_label: torch.Tensor | None = None
