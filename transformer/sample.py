@@ -32,7 +32,6 @@ Dimensions: B batch, h×w token grid, N = h·w, M masked positions in the batch,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -40,9 +39,10 @@ import torch
 from torch import nn
 
 from transformer.config import SamplingConfig
-from transformer.halton_order import halton_order, halton_tokens_per_step
-from transformer.masking import tokens_per_step
+from transformer.decode import decode_step, per_sample_generators, start_rows
 from transformer.model import unwrap_model
+
+__all__ = ["ProgressCallback", "SampleResult", "SampleTrace", "per_sample_generators", "sample"]
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -62,129 +62,6 @@ class SampleResult(NamedTuple):
 
     tokens: torch.Tensor  # LongTensor[B, h, w], every entry a code in [0, K)
     trace: SampleTrace | None
-
-
-def per_sample_generators(
-    batch: int, *, seeds: Sequence[int] | torch.Tensor | None = None, generator: torch.Generator | None = None
-) -> list[torch.Generator]:
-    """One CPU generator per sample: seeded by `seeds[i]`, or by seeds drawn from `generator`
-    (or from torch's global generator when neither is given)."""
-    if seeds is not None and generator is not None:
-        raise ValueError("give either seeds (one per sample) or generator, not both")
-    if seeds is None:
-        seeds = torch.randint(0, 2**62, (batch,), generator=generator).tolist()
-    seeds = [int(seed) for seed in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
-    if len(seeds) != batch:
-        raise ValueError(f"seeds must have one entry per sample ({batch}), got {len(seeds)}")
-    return [torch.Generator().manual_seed(seed) for seed in seeds]
-
-
-def cfg_weight_at(step: int, steps: int, cfg_weight: float, cfg_schedule: str) -> float:
-    """Guidance weight ω_t at global step `step` of `steps` (linear: 0 → w over t/(T−1))."""
-    if cfg_schedule == "constant" or steps == 1:
-        return cfg_weight
-    return cfg_weight * step / (steps - 1)
-
-
-def gumbel_scale_at(step: int, steps: int, gumbel_temperature: float) -> float:
-    """Gumbel noise scale at global step `step`: `gumbel_temperature`·(1 − t/(T−1)), 0 at the last step."""
-    if steps == 1:
-        return 0.0
-    return gumbel_temperature * (1.0 - step / (steps - 1))
-
-
-def temperature_at(
-    step: int, steps: int, temperature: float, temperature_end: float | None, temperature_warmup: int
-) -> float:
-    """Softmax temperature at global step `step`: `temperature`, or with `temperature_end` the one whose
-    logit multiplier 1/τ runs linearly from 1/temperature to 1/temperature_end; doubled during the
-    first `temperature_warmup` steps (the v2 reference halves its multiplier there)."""
-    value = temperature
-    if temperature_end is not None:
-        start, end = 1.0 / temperature, 1.0 / temperature_end
-        fraction = step / (steps - 1) if steps > 1 else 0.0
-        value = 1.0 / (start + (end - start) * fraction)
-    if step < temperature_warmup:
-        value = value * 2.0
-    return value
-
-
-def _halton_ranks(
-    masked: torch.Tensor, grid: int, generators: list[torch.Generator], randomize: bool
-) -> torch.Tensor:
-    """LongTensor[B, N]: each masked position's place among the sample's masked positions in its
-    Halton order (rolled by an offset from the sample's generator when `randomize`); unmasked
-    positions rank last."""
-    batch, num_tokens = masked.shape
-    order = halton_order(grid)  # (N,) raster positions in decoding order
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(num_tokens)  # (N,) place of each position in the order
-    if randomize:  # torch.roll(order, s) puts order[k] at (k + s) mod N
-        offsets = torch.cat([torch.randint(0, num_tokens, (1,), generator=g) for g in generators])  # (B,)
-        ranks = (rank[None, :] + offsets[:, None]) % num_tokens  # (B, N)
-    else:
-        ranks = rank[None, :].expand(batch, num_tokens)
-    ranks = ranks.to(masked.device)
-    priority = torch.where(masked, ranks, ranks + num_tokens)  # masked positions first, in order
-    return priority.argsort(dim=1).argsort(dim=1)  # (B, N)
-
-
-def _as_class_ids(class_ids: torch.Tensor | Sequence[int], num_classes: int) -> torch.Tensor:
-    class_ids = torch.as_tensor(class_ids)
-    if class_ids.dim() != 1 or class_ids.dtype.is_floating_point or class_ids.dtype == torch.bool:
-        raise ValueError(
-            f"class_ids must be a 1-D integer sequence, got {tuple(class_ids.shape)} {class_ids.dtype}"
-        )
-    if class_ids.numel() == 0:
-        raise ValueError("class_ids is empty: nothing to sample")
-    if int(class_ids.min()) < 0 or int(class_ids.max()) >= num_classes:
-        raise ValueError(
-            f"class ids must be in [0, {num_classes}), "
-            f"got values in [{int(class_ids.min())}, {int(class_ids.max())}]"
-        )
-    return class_ids.long()
-
-
-def _initial_tokens(
-    init_tokens: torch.Tensor | None, batch: int, grid: int, mask_token_id: int, device: torch.device
-) -> torch.Tensor:
-    if init_tokens is None:
-        return torch.full((batch, grid * grid), mask_token_id, dtype=torch.long, device=device)
-    if init_tokens.dim() != 3 or tuple(init_tokens.shape) != (batch, grid, grid):
-        raise ValueError(
-            f"init_tokens must have shape ({batch}, {grid}, {grid}), got {tuple(init_tokens.shape)}"
-        )
-    if init_tokens.dtype.is_floating_point or init_tokens.dtype == torch.bool:
-        raise ValueError(f"init_tokens must be an integer tensor, got {init_tokens.dtype}")
-    if int(init_tokens.min()) < 0 or int(init_tokens.max()) > mask_token_id:
-        raise ValueError(
-            f"init_tokens must hold codes in [0, {mask_token_id}) or {mask_token_id} ([MASK]); got values in "
-            f"[{int(init_tokens.min())}, {int(init_tokens.max())}]"
-        )
-    return init_tokens.reshape(batch, -1).long().to(device).clone()
-
-
-def _draw_noise(generators: list[torch.Generator], num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample uniforms for inverse-CDF sampling and Gumbel(0, 1) noise: two FloatTensor[B, N]."""
-    uniforms, gumbels = [], []
-    tiny = torch.finfo(torch.float32).tiny
-    for generator in generators:
-        uniforms.append(torch.rand(num_tokens, generator=generator))
-        gumbel_uniform = torch.rand(num_tokens, generator=generator).clamp_min(tiny)
-        gumbels.append(-torch.log(-torch.log(gumbel_uniform).clamp_max(-tiny)))
-    return torch.stack(uniforms), torch.stack(gumbels)
-
-
-def _select_most_confident(confidence: torch.Tensor, reveal: torch.Tensor) -> torch.Tensor:
-    """BoolTensor[B, N]: exactly `reveal[i]` highest-confidence positions of each row (−inf never chosen
-    unless a row must reveal more finite entries than it has, which the caller rules out)."""
-    k = int(reveal.max())
-    chosen = torch.zeros_like(confidence, dtype=torch.bool)
-    if k == 0:
-        return chosen
-    top = confidence.topk(k, dim=1).indices  # (B, k)
-    keep = torch.arange(k, device=confidence.device)[None, :] < reveal[:, None]  # (B, k)
-    return chosen.scatter_(1, top, keep)
 
 
 @torch.no_grad()
@@ -246,8 +123,7 @@ def sample(
         SampleResult(tokens LongTensor[B, h, w], trace or None).
     """
     transformer = unwrap_model(model)
-    config = transformer.config
-    SamplingConfig(  # validates the knobs, with the same messages as a stored config
+    settings = SamplingConfig(  # validates the knobs, with the same messages as a stored config
         steps=steps,
         schedule=schedule,
         temperature=temperature,
@@ -260,24 +136,12 @@ def sample(
         temperature_warmup=temperature_warmup,
         top_k=top_k,
     )
-    if not 0 <= start_step < steps:
-        raise ValueError(f"start_step must be in [0, steps={steps}), got {start_step}")
-    device = next(transformer.parameters()).device
-    class_ids = _as_class_ids(class_ids, config.num_classes).to(device)
-    batch, num_tokens, grid = class_ids.shape[0], config.num_tokens, config.grid_size
-    tokens = _initial_tokens(init_tokens, batch, grid, config.mask_token_id, device)  # (B, N)
-    masked = tokens == config.mask_token_id  # (B, N)
-    generators = per_sample_generators(batch, seeds=seeds, generator=generator)
-    to_reveal = masked.sum(dim=1).tolist()
-    if order == "halton":
-        step_counts = [halton_tokens_per_step(n, steps, start_step=start_step) for n in to_reveal]
-        halton_rank = _halton_ranks(masked, grid, generators, randomize_order)  # (B, N)
-    else:
-        step_counts = [tokens_per_step(n, steps, schedule, start_step=start_step) for n in to_reveal]
-    counts = torch.tensor(step_counts, dtype=torch.long, device=device)  # (B, T')
-    revealed_before = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) Halton order only
+    rows = start_rows(
+        model, class_ids, settings, init_tokens=init_tokens, generator=generator, seeds=seeds,
+        start_step=start_step,
+    )  # fmt: skip
+    batch, grid = len(rows), transformer.config.grid_size
     total_steps = steps - start_step
-    no_drop = torch.zeros(batch, dtype=torch.bool, device=device)
     trace_predictions, trace_masks, trace_revealed = [], [], []
     bar = None
     if progress is True:
@@ -289,64 +153,12 @@ def sample(
     transformer.eval()
     try:
         for index in range(total_steps):
-            step = start_step + index
-            uniforms, gumbels = (
-                noise.to(device) for noise in _draw_noise(generators, num_tokens)
-            )  # (B, N) each
-            remaining = masked.sum(dim=1)  # (B,)
-            is_last = index == total_steps - 1
-            reveal = remaining if is_last else torch.minimum(counts[:, index], remaining)  # per-sample guard
-            predictions = tokens.clone()
-            if int(reveal.sum()) > 0:
-                if order == "halton":  # the next cells of each sample's Halton order
-                    query = masked & (halton_rank < (revealed_before + reveal)[:, None])  # (B, N)
-                else:  # every masked position competes on confidence
-                    query = masked
-                omega = cfg_weight_at(step, steps, cfg_weight, cfg_schedule)
-                if omega > 0:
-                    # One batched forward: conditional half, then unconditional half.
-                    logits = model(
-                        tokens.view(batch, grid, grid).repeat(2, 1, 1),
-                        class_ids.repeat(2),
-                        torch.cat([no_drop, ~no_drop]),
-                        positions=query.repeat(2, 1),
-                    ).float()  # (2M, K)
-                    conditional, unconditional = logits.chunk(2)
-                    logits = conditional + omega * (conditional - unconditional)  # (M, K)
-                else:
-                    logits = model(
-                        tokens.view(batch, grid, grid), class_ids, no_drop, positions=query
-                    ).float()  # (M, K)
-                if top_k > 0 and top_k < logits.shape[-1]:
-                    kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (M, 1)
-                    logits = logits.masked_fill(logits < kth, -math.inf)
-                tau = temperature_at(step, steps, temperature, temperature_end, temperature_warmup)
-                log_probs = torch.log_softmax(logits / tau, dim=-1)  # (M, K)
-                # Inverse-CDF sampling with the sample's own uniforms (batch-independent, unlike multinomial).
-                cdf = log_probs.exp().cumsum(dim=-1)  # (M, K)
-                target = uniforms[query][:, None] * cdf[:, -1:]  # (M, 1)
-                sampled = torch.searchsorted(cdf, target, right=True).clamp_max(
-                    config.codebook_size - 1
-                )  # (M, 1)
-                predictions[query] = sampled.squeeze(1)
-                if order == "halton":
-                    chosen = query
-                else:
-                    confidence = log_probs.gather(1, sampled).squeeze(1)  # (M,)
-                    noise_scale = gumbel_scale_at(step, steps, gumbel_temperature)
-                    confidence = confidence + noise_scale * gumbels[masked]
-                    # Finite, so a masked position always outranks the −inf of decided ones.
-                    confidence = confidence.clamp_min(torch.finfo(torch.float32).min)
-                    scores = torch.full(masked.shape, -math.inf, device=device)  # (B, N)
-                    scores[masked] = confidence
-                    chosen = _select_most_confident(scores, reveal) & masked  # (B, N)
-                tokens = torch.where(chosen, predictions, tokens)
-                masked = masked & ~chosen
-            revealed_before = revealed_before + reveal
+            step = decode_step(model, rows)
+            rows = step.rows
             if return_trace:
-                trace_predictions.append(predictions.view(batch, grid, grid))
-                trace_masks.append(masked.view(batch, grid, grid).clone())
-                trace_revealed.append(reveal.clone())
+                trace_predictions.append(step.predictions.view(batch, grid, grid))
+                trace_masks.append(rows.masked.view(batch, grid, grid).clone())
+                trace_revealed.append(step.revealed.clone())
             if bar is not None:
                 bar.update(1)
             elif callable(progress):
@@ -356,11 +168,11 @@ def sample(
         if bar is not None:
             bar.close()
 
-    if bool(masked.any()):  # cannot happen: the last step reveals every remaining token
+    if bool(rows.masked.any()):  # cannot happen: the last step reveals every remaining token
         raise RuntimeError("sampling finished with masked tokens left")
     trace = None
     if return_trace:
         trace = SampleTrace(
             torch.stack(trace_predictions), torch.stack(trace_masks), torch.stack(trace_revealed)
         )
-    return SampleResult(tokens=tokens.view(batch, grid, grid), trace=trace)
+    return SampleResult(tokens=rows.tokens.view(batch, grid, grid), trace=trace)
