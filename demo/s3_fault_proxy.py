@@ -23,13 +23,14 @@ What the clients do about the faults is described in docs/architecture.md#object
     with LocalS3Server() as server, S3FaultProxy.for_server(server, FaultConfig.mixed(0.05)) as proxy:
         fs = s3fs.S3FileSystem(**proxy.storage_options)
         ...
-        print(proxy.counts)   # FaultCounts(requests=..., slowdown=..., reset=..., stall=...)
+        print(proxy.counts)   # FaultCounts(requests=..., connections=..., slowdown=..., ...)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import socket
 import struct
@@ -65,11 +66,7 @@ class FaultConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        rates = {
-            "slowdown_rate": self.slowdown_rate,
-            "reset_rate": self.reset_rate,
-            "stall_rate": self.stall_rate,
-        }
+        rates = {name: getattr(self, name) for name in ("slowdown_rate", "reset_rate", "stall_rate")}
         for name, rate in rates.items():
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {rate}")
@@ -93,6 +90,7 @@ class FaultCounts(NamedTuple):
     """Requests seen and faults injected since start (or `reset_counts`)."""
 
     requests: int
+    connections: int  # client connections accepted (fewer than requests: keep-alive works)
     slowdown: int
     reset: int
     stall: int
@@ -227,7 +225,7 @@ class S3FaultProxy:
         self._server: asyncio.Server | None = None
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str, str], int] = {}
-        self._counts = dict.fromkeys(("requests", *FAULT_KINDS), 0)
+        self._counts = dict.fromkeys(FaultCounts._fields, 0)
         self._tasks: set[asyncio.Task] = set()
 
     @classmethod
@@ -260,36 +258,20 @@ class S3FaultProxy:
             self._counts = dict.fromkeys(self._counts, 0)
 
     def start(self) -> S3FaultProxy:
+        """Listen on 127.0.0.1 (a free port; the same one again after `stop()`) in a daemon thread."""
         if self._thread is not None:
             return self
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                self._server = loop.run_until_complete(
-                    asyncio.start_server(self._handle, "127.0.0.1", self._port or 0, limit=1 << 20)
-                )
-                self._port = self._server.sockets[0].getsockname()[1]
-            except BaseException as error:  # reported to start()
-                errors.append(error)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="s3-fault-proxy", daemon=True)
+        loop = asyncio.new_event_loop()
+        try:
+            listening = asyncio.start_server(self._handle, "127.0.0.1", self._port or 0, limit=1 << 20)
+            self._server = loop.run_until_complete(listening)
+        except OSError as error:
+            loop.close()
+            raise RuntimeError(f"the fault proxy could not listen on 127.0.0.1: {error}") from error
+        self._port = self._server.sockets[0].getsockname()[1]
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="s3-fault-proxy", daemon=True)
         self._thread.start()
-        ready.wait()
-        if errors:
-            self._thread = None
-            raise RuntimeError(f"the fault proxy could not listen on 127.0.0.1: {errors[0]!r}")
         return self
 
     def stop(self) -> None:
@@ -308,6 +290,8 @@ class S3FaultProxy:
 
         asyncio.run_coroutine_threadsafe(shutdown(), loop)
         thread.join(timeout=10)
+        if not thread.is_alive():
+            loop.close()
         self._thread = self._loop = self._server = None
 
     def __enter__(self) -> S3FaultProxy:
@@ -331,12 +315,8 @@ class S3FaultProxy:
             if faults.rate <= 0:
                 return None
             draw = random.Random(f"{faults.seed}\0{key}\0{occurrence}").random()
-            kind = None
-            for name, rate in zip(FAULT_KINDS, (faults.slowdown_rate, faults.reset_rate, faults.stall_rate)):
-                if draw < rate:
-                    kind = name
-                    break
-                draw -= rate
+            bounds = itertools.accumulate((faults.slowdown_rate, faults.reset_rate, faults.stall_rate))
+            kind = next((name for name, bound in zip(FAULT_KINDS, bounds) if draw < bound), None)
             if kind is not None:
                 self._counts[kind] += 1
             return kind
@@ -345,6 +325,8 @@ class S3FaultProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        with self._lock:
+            self._counts["connections"] += 1
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
             while True:
@@ -381,14 +363,11 @@ class S3FaultProxy:
             raw_head = b"\r\n".join(lines)
 
         if fault == "slowdown":
-            if expects_continue:  # a real server answers without reading the body; then we must close
-                client_writer.write(_slowdown_response(method, target, self.faults.retry_after_s))
-                await client_writer.drain()
-                return upstream, False
-            await _relay_body(client_reader, None, framing)
+            if not expects_continue:  # else answered before the body is sent, and the connection closed
+                await _relay_body(client_reader, None, framing)
             client_writer.write(_slowdown_response(method, target, self.faults.retry_after_s))
             await client_writer.drain()
-            return upstream, not request.wants_close()
+            return upstream, not (expects_continue or request.wants_close())
         if fault == "stall":
             await asyncio.sleep(self.faults.stall_s)
 

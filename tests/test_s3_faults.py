@@ -66,6 +66,67 @@ class Faulted:
         assert counts.faults <= 0.15 * counts.requests, counts  # the rate is what was asked, give or take
 
 
+# --- the proxy itself ----------------------------------------------------------------------------------
+
+
+def test_proxy_relays_streaming_uploads_ranges_head_and_keeps_connections_alive(proxy, s3_server):
+    import pyarrow.fs as pafs
+    import s3fs
+
+    proxy.reset_counts()
+    data = np.random.default_rng(0).bytes(12 << 20)
+    bucket = s3_server.bucket
+    # pyarrow's S3 client (the AWS C++ SDK) uploads with `Transfer-Encoding: chunked` + aws-chunked
+    # bodies and trailing checksums, in a multipart upload for 12 MiB; s3fs with Content-Length bodies.
+    arrow = pafs.S3FileSystem(
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        endpoint_override=proxy.endpoint_url,
+        scheme="http",
+        region="us-east-1",
+    )
+    with arrow.open_output_stream(f"{bucket}/s3-faults/wire/arrow.bin") as handle:
+        handle.write(data)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **proxy.storage_options)
+    fs.pipe_file(f"{bucket}/s3-faults/wire/s3fs.bin", data)
+    for name in ("arrow.bin", "s3fs.bin"):
+        path = f"{bucket}/s3-faults/wire/{name}"
+        assert fs.info(path)["size"] == len(data)  # HEAD
+        assert fs.cat_file(path, start=5_000_000, end=5_000_100) == data[5_000_000:5_000_100]  # range GET
+        assert sha256(fs.cat_file(path)) == sha256(data)
+        with arrow.open_input_file(path) as handle:
+            handle.seek(len(data) - 10)
+            assert handle.read(10) == data[-10:]
+    counts = proxy.counts
+    assert counts.faults == 0 and counts.connections < counts.requests / 2, counts  # keep-alive
+
+
+def test_each_fault_kind_on_the_wire(proxy, s3_server):
+    import http.client
+
+    def get(path: str = "/s3-faults/wire/none"):
+        connection = http.client.HTTPConnection("127.0.0.1", int(proxy.endpoint_url.rsplit(":", 1)[1]))
+        connection.request("GET", path)
+        return connection.getresponse()
+
+    try:
+        proxy.faults = FaultConfig(slowdown_rate=1.0, retry_after_s=1)
+        answer = get()
+        body = answer.read().decode()
+        assert answer.status == 503 and answer.getheader("Retry-After") == "1"
+        assert "<Code>SlowDown</Code>" in body and "<Resource>/s3-faults/wire/none</Resource>" in body
+        proxy.faults = FaultConfig(reset_rate=1.0)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            get().read()  # the server's answer (an unsigned request: 403), cut mid-body
+        proxy.faults = FaultConfig(stall_rate=1.0, stall_s=0.5)
+        started = time.monotonic()
+        assert get().status == 403 and time.monotonic() - started >= 0.5  # forwarded, late
+    finally:
+        proxy.faults = FaultConfig()
+    with pytest.raises(ValueError, match="sum to"):
+        FaultConfig(0.5, 0.5, 0.5)
+
+
 # --- (a) the tokenize job writes a token store through the faults ------------------------------------
 
 
