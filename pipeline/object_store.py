@@ -4,7 +4,8 @@ Every reader and writer of ours that opens a URL (token store reader and writer,
 the tokenizer download, training checkpoints and outputs, export, evaluation) opens it through
 `url_to_fs` / `with_retry_defaults`, so an `s3://` client always gets botocore's retry mode and
 timeouts unless the caller's `storage_options["config_kwargs"]` says otherwise (a caller's key wins,
-key by key).
+key by key). Model folders (`weights/`, which may not import `pipeline`) take their options as
+given, so their callers in jobs/ (export, the training sample grids) pass `with_retry_defaults(...)`.
 
 What is retried where, for an S3 request (outermost last):
 
