@@ -197,8 +197,6 @@ class _Run(NamedTuple):
 
 def _open_run(options: EvaluateOptions) -> _Run:
     """Check the evaluator, models and reference statistics, then open (or begin) the output."""
-    import fsspec
-
     from evaluation.features import build_feature_extractor
     from evaluation.sample_store import SampleStore, class_major_labels, plan_sample_shards
 
@@ -213,7 +211,7 @@ def _open_run(options: EvaluateOptions) -> _Run:
     reference = _load_reference(options, resolved.image_size)
     labels = class_major_labels(resolved.classes, options.per_class)  # (N,)
     shards = plan_sample_shards(len(labels), options.shard_size)
-    fs, root = fsspec.core.url_to_fs(options.output, **(options.storage_options or {}))
+    fs, root = url_to_fs(options.output, options.storage_options)
     store = SampleStore(fs, root)
     store.ensure_plan(resolved.plan)
     store.ensure_evaluator(options.evaluator_key, evaluator.info.to_dict())
