@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,8 @@ def _deployments():
     """The two deployment classes (built on first use so `maskgit --help` never imports Ray)."""
     from ray import serve
 
-    from jobs.serve.engine import JobFailure, JobOutput, SampleJob, SamplerEngine, count_images
+    from jobs.serve.continuous import ContinuousSampler
+    from jobs.serve.engine import JobFailure, JobOutput, SampleJob, SamplerEngine, StepEvent, count_images
     from jobs.serve.ingress import build_http_app
 
     @serve.deployment(name=SAMPLER_DEPLOYMENT)
@@ -71,15 +73,30 @@ def _deployments():
             )
             self._sample_batch.set_max_batch_size(opts.max_batch_images)
             self._sample_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+            self.continuous = None
+            if opts.batching == "continuous":  # a guided image takes two rows of the forward
+                self.continuous = ContinuousSampler(self.engine, max_rows=2 * opts.max_batch_images)
 
         def info(self) -> dict[str, Any]:
-            return self.engine.info()
+            return {**self.engine.info(), "batching": "continuous" if self.continuous else "merge"}
 
         def ping(self) -> bool:
             return True
 
         async def run(self, job: SampleJob) -> JobOutput | JobFailure:
+            # A cancelled call (the client went away) raises CancelledError in here, which frees the
+            # job's rows at the next step (ContinuousSampler.run).
+            if self.continuous is not None:
+                return await self.continuous.run(job)
             return await self._sample_batch(job)
+
+        async def stream(self, job: SampleJob, previews: str = "tokens"):
+            """StepEvent after each decoding step, then the JobOutput or JobFailure ("merge": only that)."""
+            if self.continuous is None:
+                yield await self._sample_batch(job)
+                return
+            async for event in self.continuous.stream(job, previews):
+                yield event
 
         # Sizes are replaced from the options in __init__; these are Serve's decorator defaults.
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=count_images)
@@ -100,6 +117,12 @@ def _deployments():
 
         async def run(self, job: SampleJob) -> JobOutput | JobFailure:
             return await self.handle.run.remote(job)
+
+        async def stream(
+            self, job: SampleJob, previews: str = "tokens"
+        ) -> AsyncIterator[StepEvent | JobOutput | JobFailure]:
+            async for event in self.handle.options(stream=True).stream.remote(job, previews):
+                yield event
 
         async def ping(self) -> bool:
             return bool(await self.handle.ping.remote())
@@ -301,6 +324,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--num-cpus", type=float, default=d.num_cpus, help=f"CPUs per sampler replica ({d.num_cpus})")
     add("--device", default=d.device, help=f"auto | cpu | cuda ({d.device})")
     add_storage_options_argument(parser)
+    add(
+        "--batching",
+        choices=("continuous", "merge"),
+        default=d.batching,
+        help="continuous: requests join and leave the running decode loop at step boundaries, any knobs "
+        f"sharing each forward pass; merge: Serve batches of equal knobs ({d.batching})",
+    )
     add(
         "--max-batch-images",
         type=int,

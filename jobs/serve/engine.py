@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from generation import MaskGIT, blend_into
+from generation.continuous import ContinuousBatcher, SamplingOutcome, SamplingRequest, StepPreview
 from pipeline.images import encode_png
 from transformer import SamplingConfig
 
@@ -87,6 +88,29 @@ class JobFailure(NamedTuple):
     client_error: bool  # True: the request was at fault (4xx); False: the server (5xx)
 
 
+class StepEvent(NamedTuple):
+    """A running job's state after one of its decoding steps (`stream` yields these before the result)."""
+
+    step: int  # steps done, 1 … total_steps
+    total_steps: int
+    tokens: np.ndarray  # int64 (B, h, w): decided tokens plus this step's samples at masked positions
+    masked: np.ndarray  # bool (B, h, w): positions still masked after the step
+    pngs: list[bytes] | None  # one PNG of `tokens` decoded per image (previews="images"), else None
+
+
+PREVIEWS = ("tokens", "images")
+
+
+def failure_from(error: BaseException) -> JobFailure:
+    """A library error as a JobFailure: input checks (ValueError) are the request's fault, anything
+    else the server's (details stay in the log)."""
+    if isinstance(error, ValueError):
+        logger.warning("sampling rejected a job: %s", error)
+        return JobFailure(str(error), client_error=True)
+    logger.error("sampling failed for a job", exc_info=error)
+    return JobFailure("the sampler failed; see the server log", client_error=False)
+
+
 def count_images(jobs: Sequence[SampleJob]) -> int:
     """Batch size in images (Serve's `batch_size_fn`)."""
     return sum(job.num_images for job in jobs)
@@ -147,11 +171,7 @@ class SamplerEngine:
         except Exception as error:
             if len(group) > 1:
                 return [output for job in group for output in self._run_isolated([job])]
-            if isinstance(error, ValueError):  # a library input check: the request's fault
-                logger.warning("sampling rejected a job: %s", error)
-                return [JobFailure(str(error), client_error=True)]
-            logger.exception("sampling failed for a job")  # a bug or a device failure: details stay here
-            return [JobFailure("the sampler failed; see the server log", client_error=False)]
+            return [failure_from(error)]
 
     def _run_group(self, group: list[SampleJob]) -> list[JobOutput]:
         """One sampler call for jobs that share kind and knobs."""
@@ -183,3 +203,35 @@ class SamplerEngine:
                 outputs.append(JobOutput(pngs=None, tokens=tokens[start:stop], batch_images=len(seeds)))
             start = stop
         return outputs
+
+    # --- continuous batching (generation.ContinuousBatcher; driven by jobs/serve/continuous.py) -----
+
+    def batcher(self, max_rows: int) -> ContinuousBatcher:
+        """A step-level batcher over this engine's models, at most `max_rows` rows per forward pass."""
+        return ContinuousBatcher(self.pipe, max_rows=max_rows)
+
+    @staticmethod
+    def request(job: SampleJob, *, previews: str | None = None) -> SamplingRequest:
+        """The batcher's request for `job` (`previews="images"` also decodes each step's predictions)."""
+        if previews is not None and previews not in PREVIEWS:
+            raise ValueError(f"previews must be one of {PREVIEWS} or None, got {previews!r}")
+        return SamplingRequest(
+            job.class_ids, job.seeds, job.sampling, image=job.image, region=job.region,
+            decode=job.output == "png", preview_images=previews == "images",
+        )  # fmt: skip
+
+    @staticmethod
+    def step_event(preview: StepPreview) -> StepEvent:
+        """A batcher preview as the event `stream` yields."""
+        pngs = None if preview.images is None else [encode_png(picture) for picture in preview.images]
+        return StepEvent(
+            preview.step, preview.total_steps, preview.predictions.numpy(), preview.masked.numpy(), pngs
+        )
+
+    @staticmethod
+    def job_output(job: SampleJob, outcome: SamplingOutcome) -> JobOutput:
+        """A finished batcher request as the job's output (PNGs encoded here)."""
+        if job.output == "png":
+            pngs = [encode_png(picture) for picture in outcome.images]
+            return JobOutput(pngs=pngs, tokens=None, batch_images=outcome.shared_rows)
+        return JobOutput(pngs=None, tokens=outcome.tokens.numpy(), batch_images=outcome.shared_rows)

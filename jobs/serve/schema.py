@@ -51,8 +51,13 @@ class ServeOptions:
         num_cpus: CPUs per sampler replica (Ray sets the replica's torch threads to this).
         device: "auto" (CUDA when the replica sees a GPU), "cpu" or "cuda".
         autocast_bf16: run the transformer and decoder under bfloat16 autocast.
+        batching: "continuous" (default): requests join and leave a running decode loop at step
+            boundaries, whatever their knobs, one forward pass per step holding at most
+            2 × `max_batch_images` rows (a guided image takes two); "merge": Serve's `@serve.batch`
+            merges requests up to `max_batch_images` images and runs one sampler call per group of
+            equal knobs, each request waiting for its whole batch.
         max_batch_images: most images in one sampler call; requests are merged up to this.
-        batch_wait_timeout_s: how long a partly filled batch waits for more requests.
+        batch_wait_timeout_s: how long a partly filled batch waits for more requests ("merge").
         ingress_max_ongoing_requests: concurrent HTTP requests one ingress replica accepts.
         max_images_per_request: limit on `class_ids` / `count` (<= `max_batch_images`).
         max_steps: limit on `steps`.
@@ -75,6 +80,7 @@ class ServeOptions:
     num_cpus: float = 1.0
     device: str = "auto"
     autocast_bf16: bool = False
+    batching: str = "continuous"
     max_batch_images: int = 32
     batch_wait_timeout_s: float = 0.01
     ingress_max_ongoing_requests: int = 256
@@ -111,6 +117,8 @@ class ServeOptions:
             raise ValueError(f"num_gpus and num_cpus must be >= 0, got {self.num_gpus}, {self.num_cpus}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"ServeOptions.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.batching not in ("continuous", "merge"):
+            raise ValueError(f"ServeOptions.batching must be 'continuous' or 'merge', got {self.batching!r}")
         if self.batch_wait_timeout_s < 0:
             raise ValueError(f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
         if self.max_images_per_request > self.max_batch_images:
