@@ -371,22 +371,24 @@ class S3FaultProxy:
         if fault == "stall":
             await asyncio.sleep(self.faults.stall_s)
 
-        if upstream is None or upstream[0].at_eof():
-            if upstream is not None:
-                upstream[1].transport.abort()
-            upstream = await asyncio.open_connection(*self.upstream, limit=1 << 20)
-        up_reader, up_writer = upstream
-        up_writer.write(raw_head)
-        if expects_continue:
-            client_writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            await client_writer.drain()
-        await _relay_body(client_reader, up_writer, framing)
-
-        while True:  # skip interim (1xx) answers
-            response = _Head.parse(await up_reader.readuntil(b"\r\n\r\n"))
-            status = int(response.first_line.split(" ")[1])
-            if status >= 200:
+        for fresh in (False, True):  # a bodyless request on a kept-alive connection the server has
+            if fresh or upstream is None or upstream[0].at_eof():  # closed meanwhile is resent once
+                if upstream is not None:
+                    upstream[1].transport.abort()
+                upstream = await asyncio.open_connection(*self.upstream, limit=1 << 20)
+            up_reader, up_writer = upstream
+            up_writer.write(raw_head)
+            if expects_continue and not fresh:
+                client_writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await client_writer.drain()
+            await _relay_body(client_reader, up_writer, framing)
+            try:
+                response = await self._response_head(up_reader)
                 break
+            except (ConnectionError, asyncio.IncompleteReadError):
+                if fresh or framing != ("length", 0):
+                    raise
+        status = int(response.first_line.split(" ")[1])
         body_framing = response.body_framing()
         if method == "HEAD" or status in _NO_BODY_STATUS:
             body_framing = ("length", 0)
@@ -402,6 +404,14 @@ class S3FaultProxy:
             up_writer.transport.abort()
             return None, False
         return upstream, not request.wants_close()
+
+    @staticmethod
+    async def _response_head(up_reader: asyncio.StreamReader) -> _Head:
+        """The final response head (interim 1xx answers are skipped)."""
+        while True:
+            response = _Head.parse(await up_reader.readuntil(b"\r\n\r\n"))
+            if int(response.first_line.split(" ")[1]) >= 200:
+                return response
 
     async def _send_partial(self, response: _Head, framing, up_reader, client_writer) -> None:
         """Headers plus the first part of the body (or half the header block), then a reset."""

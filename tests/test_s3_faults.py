@@ -10,6 +10,7 @@ fixed, so the seeded fault decisions are the same in every run.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from pathlib import Path
 
@@ -64,6 +65,16 @@ class Faulted:
         counts = self.counts
         assert min(counts.slowdown, counts.reset, counts.stall) > 0, f"not every fault kind ran: {counts}"
         assert counts.faults <= 0.15 * counts.requests, counts  # the rate is what was asked, give or take
+
+
+def test_retry_defaults_apply_to_s3_urls_and_yield_to_the_caller():
+    from pipeline.object_store import S3_CONFIG_DEFAULTS
+
+    options = with_retry_defaults("s3://bucket/store", {"key": "k", "config_kwargs": {"read_timeout": 5}})
+    assert options["key"] == "k" and options["config_kwargs"] == {**S3_CONFIG_DEFAULTS, "read_timeout": 5}
+    assert options["config_kwargs"]["retries"] == {"max_attempts": 5, "mode": "standard"}
+    assert options["config_kwargs"]["read_timeout"] > STALL_S  # a stall is waited out, not failed
+    assert with_retry_defaults("/local/store", {"auto_mkdir": True}) == {"auto_mkdir": True}
 
 
 # --- the proxy itself ----------------------------------------------------------------------------------
@@ -225,11 +236,13 @@ def read_epoch(url: str, storage_options: dict):
     return ids, flips, np.concatenate(tokens)
 
 
-def test_loader_reads_a_whole_epoch_through_faults(proxy, s3_server, many_shard_store):
+def test_loader_reads_a_whole_epoch_through_faults(proxy, s3_server, many_shard_store, caplog):
     clean_ids, clean_flips, clean_tokens = read_epoch(many_shard_store, s3_server.storage_options)
-    with Faulted(proxy, seed=2) as faulted:
+    with Faulted(proxy, seed=2) as faulted, caplog.at_level(logging.WARNING, logger="pipeline.shard_cache"):
         ids, flips, tokens = read_epoch(many_shard_store, proxy.storage_options)
     faulted.assert_every_kind_injected()
+    # botocore and s3fs absorbed every fault: the loader's own outage loop never had to step in.
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()], caplog.text
     assert faulted.counts.requests >= 2 * LOADER_SHARDS
     assert ids == clean_ids and flips == clean_flips  # same samples, same order
     assert len(ids) == len(set(ids)) == 1920  # each sample exactly once
