@@ -19,7 +19,7 @@ SMALL = TransformerConfig(
 
 
 class ReferenceStatement(nn.Module):
-    """The valeoai v1 MaskTransformer as the spec describes it, written independently of ours."""
+    """The valeoai v1 MaskTransformer as docs/reference.md#transformer states it, written apart from ours."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
