@@ -59,7 +59,7 @@ def with_retry_defaults(url: str | os.PathLike, storage_options: dict[str, Any] 
     options = dict(storage_options or {})
     if os.fspath(url).startswith(S3_PROTOCOLS):
         config = copy.deepcopy(S3_CONFIG_DEFAULTS)
-        config.update(options.get("config_kwargs") or {})
+        config.update(copy.deepcopy(options.get("config_kwargs") or {}))  # botocore edits `retries`
         options["config_kwargs"] = config
     return options
 
