@@ -20,7 +20,6 @@ from tokenizer.config import LLAMAGEN_PRESETS, PRESETS, LlamaGenVQConfig, VQGANC
 from tokenizer.convert import read_taming_checkpoint
 from tokenizer.convert_llamagen import expected_shapes, infer_llamagen_config, read_llamagen_checkpoint
 from tokenizer.llamagen import LlamaGenVQ
-from tokenizer.losses import VQGANLoss
 from tokenizer.vqgan import VQGAN, VQGANOutput
 
 LAYOUT_FILE = Path(__file__).parent / "data" / "llamagen_vq16_layout.json"
@@ -209,30 +208,31 @@ def test_bad_inputs_are_refused(tiny):
         tiny.decode_from_indices(torch.full((1, 8, 8), 256))
 
 
-def test_trains_with_the_tokenizer_loss_on_real_images(fashion_mnist_small):
-    from pipeline.images import to_model_input
+def test_the_tokenizer_trainer_trains_it_on_real_images(tmp_path, fashion_mnist_small):
+    from torch.utils.data import TensorDataset
 
-    torch.manual_seed(0)
+    from pipeline.images import to_model_input
+    from tokenizer.train import train_tokenizer
+    from tokenizer.train_config import TokenizerTrainingConfig
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread is faster on a shared 2-core machine
-    data = to_model_input(fashion_mnist_small[0][:32])  # (32, 3, 32, 32) in [-1, 1]
-    model = LlamaGenVQ(TINY).train()
-    objective = VQGANLoss(torch.nn.Identity(), None, disc_start=10**9)  # L1 + quantiser terms
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    images = to_model_input(fashion_mnist_small[0][:64])  # (64, 3, 32, 32) in [-1, 1]
+    data, held_out = TensorDataset(images), images[:16]
 
-    def error() -> float:
-        with torch.no_grad():
-            return float((model.eval()(data).reconstruction - data).abs().mean())
+    def config(steps: int) -> TokenizerTrainingConfig:
+        return TokenizerTrainingConfig(
+            vqgan=TINY, steps=steps, batch_size=8, lr=3e-3, disc_start=14, perceptual="none",
+            dead_code_restart=10, log_every=10, checkpoint_every=100, grid_images=4,
+        )  # fmt: skip
 
     try:
-        before = error()
-        model.train()
-        for step in range(20):
-            batch = data[(step * 8) % 32 :][:8]
-            losses = objective.generator_loss(batch, model(batch), step, model.last_decoder_layer)
-            optimizer.zero_grad()
-            losses.total.backward()
-            optimizer.step()
-        assert error() < 0.7 * before
+        summary = train_tokenizer(config(16), data, tmp_path, eval_images=held_out, progress=False)
+        assert summary.final.mse * 1.5 < summary.initial.mse, (summary.initial, summary.final)
+        reloaded = load_tokenizer(summary.model_dir)  # the folder says which family it holds
+        assert isinstance(reloaded, LlamaGenVQ) and reloaded.config == TINY
+        options = {"eval_images": held_out, "progress": False}
+        resumed = train_tokenizer(config(18), data, tmp_path, resume=True, **options)
+        assert (resumed.start_step, resumed.steps) == (16, 18)
     finally:
         torch.set_num_threads(threads)

@@ -32,13 +32,13 @@ from tqdm.auto import tqdm
 
 from tokenizer.checkpoint import save_vqgan
 from tokenizer.codebook import DeadCodeRestarter, code_counts, usage_from_counts
-from tokenizer.config import VQGANConfig
 from tokenizer.discriminator import NLayerDiscriminator
+from tokenizer.families import Tokenizer, build_tokenizer, tokenizer_config_from_dict
 from tokenizer.losses import VQGANLoss
 from tokenizer.perceptual import build_perceptual_loss
 from tokenizer.quality import ReconstructionReport, measure_reconstruction, save_reconstruction_grid
 from tokenizer.train_config import TokenizerTrainingConfig
-from tokenizer.vqgan import VQGAN, VQGANOutput
+from tokenizer.vqgan import VQGANOutput
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _save_training_state(out_dir: Path, state: dict[str, Any]) -> None:
 class _Parts(NamedTuple):
     """The modules and optimisers of a run (everything `training_state.pt` holds besides step and RNG)."""
 
-    model: VQGAN
+    model: Tokenizer
     discriminator: NLayerDiscriminator
     objective: VQGANLoss
     optimizer: torch.optim.Optimizer
@@ -128,7 +128,7 @@ class _Parts(NamedTuple):
 
 def _build_parts(config: TokenizerTrainingConfig, device: torch.device) -> _Parts:
     """Fresh modules and optimisers, initialised from the global RNG in a fixed order."""
-    model = VQGAN(config.vqgan).to(device)
+    model = build_tokenizer(config.vqgan).to(device)  # a VQGAN or a LlamaGenVQ
     discriminator = NLayerDiscriminator(config.vqgan.out_channels, config.disc_channels, config.disc_layers)
     perceptual = build_perceptual_loss(
         config.perceptual, lpips_weights=config.lpips_weights, vgg_weights=config.vgg_weights
@@ -156,7 +156,7 @@ def _build_parts(config: TokenizerTrainingConfig, device: torch.device) -> _Part
 def _restore(parts: _Parts, config: TokenizerTrainingConfig, state_path: Path) -> int:
     """Load `training_state.pt` into `parts` and the global RNG; returns the step it was saved at."""
     state = torch.load(state_path, map_location="cpu", weights_only=True)
-    stored = VQGANConfig.from_dict(state["config"]["vqgan"])
+    stored = tokenizer_config_from_dict(state["config"]["vqgan"])
     if stored != config.vqgan:
         raise ValueError(f"{state_path} was trained with a different VQGAN config: {stored}")
     parts.model.load_state_dict(state["model"])

@@ -10,7 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from tokenizer.config import PRESETS, VQGANConfig
+from tokenizer.config import PRESETS, LlamaGenVQConfig, VQGANConfig
+from tokenizer.families import tokenizer_config_from_dict
 from tokenizer.losses import RECONSTRUCTION_KINDS
 from tokenizer.perceptual import PERCEPTUAL_KINDS
 
@@ -20,7 +21,7 @@ class TokenizerTrainingConfig:
     """Everything that decides a tokenizer training run (taming's values where it has one).
 
     Attributes:
-        vqgan: the architecture.
+        vqgan: the architecture: a VQGANConfig, or a LlamaGenVQConfig to train the v2 tokenizer family.
         steps: total optimisation steps (a resumed run continues up to this count).
         batch_size: images per step.
         lr: Adam learning rate of the VQGAN and the discriminator (taming: 4.5e-6 × batch size).
@@ -41,7 +42,7 @@ class TokenizerTrainingConfig:
         grid_images: eval images shown in the PNG grid.
     """
 
-    vqgan: VQGANConfig = PRESETS["imagenet-f16-1024"]
+    vqgan: VQGANConfig | LlamaGenVQConfig = PRESETS["imagenet-f16-1024"]
     steps: int = 10_000
     batch_size: int = 12
     lr: float = 4.5e-6 * 12
@@ -99,5 +100,5 @@ class TokenizerTrainingConfig:
             raise ValueError(f"unknown TokenizerTrainingConfig field(s) {unknown}")
         data = dict(data)
         if isinstance(data.get("vqgan"), dict):
-            data["vqgan"] = VQGANConfig.from_dict(data["vqgan"])
+            data["vqgan"] = tokenizer_config_from_dict(data["vqgan"])
         return cls(**data)
