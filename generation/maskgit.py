@@ -162,17 +162,22 @@ class MaskGIT:
             bf16: bfloat16 autocast for every model call.
             storage_options: fsspec options for remote paths (credentials are never logged).
         """
+        from pipeline.object_store import with_retry_defaults
         from tokenizer import load_vqgan
         from transformer import load_class_names, load_sampling_config, load_transformer
 
         device = resolve_device(device)
-        model = load_transformer(transformer, map_location=device, storage_options=storage_options)
-        vqgan = load_vqgan(tokenizer, map_location=device, storage_options=storage_options)
+        # Object-store reads retry throttling and dropped connections (pipeline.object_store's defaults).
+        model_options = with_retry_defaults(transformer, storage_options)
+        model = load_transformer(transformer, map_location=device, storage_options=model_options)
+        vqgan = load_vqgan(
+            tokenizer, map_location=device, storage_options=with_retry_defaults(tokenizer, storage_options)
+        )
         pipe = cls(
             model,
             vqgan,
-            sampling_defaults=load_sampling_config(transformer, storage_options=storage_options),
-            class_names=load_class_names(transformer, storage_options=storage_options),
+            sampling_defaults=load_sampling_config(transformer, storage_options=model_options),
+            class_names=load_class_names(transformer, storage_options=model_options),
             bf16=bf16,
         )
         logger.info(

@@ -24,6 +24,10 @@ def select_accelerator() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+LR_SCHEDULES = ("constant", "cosine", "cosine-tail")
+COSINE_TAIL_FRACTION = 0.1  # the v2 recipe decays over the last 10 % of its iterations
+
+
 @dataclass(frozen=True)
 class OptimizerSettings:
     """AdamW and schedule settings; defaults are the reference's."""
@@ -33,12 +37,14 @@ class OptimizerSettings:
     weight_decay: float = 1e-5
     grad_clip: float = 1.0
     warmup_steps: int = 0
-    schedule: str = "constant"  # "constant" or "cosine" (decay to min_lr_ratio · lr after warm-up)
+    # "constant"; "cosine" (decay to min_lr_ratio · lr after warm-up); "cosine-tail" (the v2 recipe:
+    # constant, then a cosine over the last 10 % of the steps, floored at min_lr_ratio · lr)
+    schedule: str = "constant"
     min_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.schedule not in LR_SCHEDULES:
+            raise ValueError(f"schedule must be one of {LR_SCHEDULES}, got {self.schedule!r}")
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError("lr must be > 0 and warmup_steps >= 0")
 
@@ -100,6 +106,12 @@ def lr_multiplier(step: int, optimizer: OptimizerSettings, total_steps: int) -> 
         return (step + 1) / optimizer.warmup_steps
     if optimizer.schedule == "constant":
         return 1.0
+    if optimizer.schedule == "cosine-tail":
+        tail_start = total_steps * (1.0 - COSINE_TAIL_FRACTION)
+        if step < tail_start:
+            return 1.0
+        progress = min(1.0, (step - tail_start) / max(1.0, total_steps - tail_start))
+        return max(optimizer.min_lr_ratio, 0.5 * (1.0 + math.cos(math.pi * progress)))
     span = max(1, total_steps - optimizer.warmup_steps)
     progress = min(1.0, (step - optimizer.warmup_steps) / span)
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))

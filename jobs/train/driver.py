@@ -25,7 +25,7 @@ from jobs.options import (
 )
 from jobs.ray_session import ray_session
 from jobs.train.config import TrainJobConfig
-from jobs.train.deepspeed_config import OptimizerSettings
+from jobs.train.deepspeed_config import LR_SCHEDULES, OptimizerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_storage_options_argument(parser)
     add_ray_address_argument(parser)
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", default=defaults.preset, help="transformer preset")
+    model.add_argument(
+        "--preset", default=defaults.preset,
+        help="transformer preset of either family: maskgit-imagenet256, tiny, ... (v1, MaskTransformer) or "
+        "halton-imagenet256-base, halton-tiny, ... (v2, Halton transformer)",
+    )  # fmt: skip
     for flag, field, kind in (
         ("--codebook-size", "codebook_size", int),
         ("--grid-size", "grid_size", int),
@@ -222,7 +226,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--grad-clip", dest="optimizer_grad_clip", type=float, default=opt.grad_clip)
     recipe.add_argument("--warmup-steps", dest="optimizer_warmup_steps", type=int, default=opt.warmup_steps)
     recipe.add_argument(
-        "--lr-schedule", dest="optimizer_schedule", choices=("constant", "cosine"), default=opt.schedule
+        "--lr-schedule", dest="optimizer_schedule", choices=LR_SCHEDULES, default=opt.schedule
     )
     recipe.add_argument("--min-lr-ratio", dest="optimizer_min_lr_ratio", type=float, default=opt.min_lr_ratio)
     recipe.add_argument(

@@ -2,8 +2,9 @@
 
 Consolidates DeepSpeed's partitioned fp32 master weights with DeepSpeed's own
 `get_fp32_state_dict_from_zero_checkpoint` (or takes the consolidated EMA weights when the run kept an
-EMA), loads them strictly into a fresh `MaskTransformer`, and writes `config.json` (model config and
-sampling defaults) + `model.safetensors`, which `maskgit sample` and the server load directly.
+EMA), loads them strictly into a fresh transformer of the run's family, and writes `config.json`
+(model config and sampling defaults) + `model.safetensors`, which `maskgit sample` and the server
+load directly.
 Nothing downstream ever sees a DeepSpeed layout (docs/architecture.md#weights).
 """
 
@@ -49,8 +50,8 @@ def export_checkpoint(
     from safetensors.torch import load_file
 
     from transformer.checkpoint import load_state_dict_strictly, save_transformer
-    from transformer.config import SamplingConfig, TransformerConfig
-    from transformer.model import MaskTransformer
+    from transformer.config import SamplingConfig
+    from transformer.families import build_transformer, transformer_config_from_dict
 
     store = CheckpointStore(checkpoint_uri, storage_options)
     step = step if step is not None else store.latest_step()
@@ -66,7 +67,7 @@ def export_checkpoint(
             state_dict = load_file(str(step_dir / "ema.safetensors"))
         else:
             state_dict = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=step_dirname(step))
-        model = MaskTransformer(TransformerConfig.from_dict(meta.model_config))
+        model = build_transformer(transformer_config_from_dict(meta.model_config))
         load_state_dict_strictly(
             model, {k: v.float() for k, v in state_dict.items()}, f"checkpoint step {step}"
         )

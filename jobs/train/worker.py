@@ -57,14 +57,25 @@ def init_deepspeed_distributed(use_gpu: bool) -> None:
 
 
 def model_config_for(config: TrainJobConfig):
-    """The TransformerConfig of this run: the preset with the run's overrides."""
+    """The model config of this run: the preset (of either family: "maskgit" or "halton") with the
+    run's overrides.
+
+    Raises:
+        ValueError: an unknown preset, or an override the preset's family does not have (named).
+    """
     import dataclasses
 
-    from transformer.config import PRESETS
+    from transformer.families import transformer_preset
 
-    if config.preset not in PRESETS:
-        raise ValueError(f"unknown transformer preset {config.preset!r}; choose from {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[config.preset], **config.model_overrides)
+    preset = transformer_preset(config.preset)
+    known = {field.name for field in dataclasses.fields(preset)}
+    unknown = sorted(set(config.model_overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"preset {config.preset!r} ({preset.family} family) has no setting(s) {unknown}; "
+            f"it has {sorted(known)}"
+        )
+    return dataclasses.replace(preset, **config.model_overrides)
 
 
 def _seeded(config: TrainJobConfig, step: int, chunk: int, device: torch.device) -> torch.Generator:
@@ -95,7 +106,7 @@ class _Worker(NamedTuple):
     rank: int
     world: int
     device: torch.device
-    model_config: Any  # transformer.config.TransformerConfig
+    model_config: Any  # transformer.config.TransformerConfig or HaltonConfig
     store: CheckpointStore
     work_dir: Path  # local scratch for checkpoint upload/download
     engine: Any  # deepspeed.DeepSpeedEngine
@@ -234,10 +245,11 @@ def train_loop(config_dict: dict) -> None:
 
 
 def build_engine(config: TrainJobConfig, model_config, *, load_universal: bool = False):
-    """A DeepSpeed engine around a freshly initialised MaskTransformer (same weights on every rank)."""
+    """A DeepSpeed engine around a freshly initialised transformer of the run's family (same weights on
+    every rank)."""
     import deepspeed
 
-    from transformer.model import MaskTransformer
+    from transformer.families import build_transformer
 
     ds_config = build_deepspeed_config(
         micro_batch_size=config.micro_batch_size,
@@ -249,7 +261,7 @@ def build_engine(config: TrainJobConfig, model_config, *, load_universal: bool =
     if load_universal:
         ds_config["checkpoint"] = {"load_universal": True}
     torch.manual_seed(config.seed)
-    model = MaskTransformer(model_config)
+    model = build_transformer(model_config)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=model.parameters(),
