@@ -258,7 +258,7 @@ def _plan(options: TokenizeOptions) -> _Plan:
     """List the input, identify the tokenizer and work out the settings the store pins."""
     from pipeline.sources import load_class_map, plan_sources
     from pipeline.tokenize import tokenizer_identity
-    from tokenizer.config import VQGANConfig
+    from tokenizer.families import tokenizer_config_from_dict
 
     so = options.storage_options
     class_map = load_class_map(options.class_map, so) if options.class_map else None
@@ -270,7 +270,7 @@ def _plan(options: TokenizeOptions) -> _Plan:
         storage_options=so,
     )
     identity = tokenizer_identity(options.tokenizer, so)
-    config = VQGANConfig.from_dict(identity["config"])
+    config = tokenizer_config_from_dict(identity["config"])
     grid = config.grid_shape(options.resolution, options.resolution)
     if config.codebook_size > 65536:
         raise ValueError(f"a codebook of {config.codebook_size} codes does not fit the store's uint16 tokens")

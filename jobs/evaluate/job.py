@@ -112,14 +112,14 @@ def _resolve(options: EvaluateOptions) -> _Resolved:
     together, and pin the settings of the run."""
     from generation import check_compatible, resolve_sampling
     from pipeline.tokenize import tokenizer_identity
-    from tokenizer import VQGANConfig
+    from tokenizer.families import tokenizer_config_from_dict
     from transformer import load_sampling_config, read_transformer_config
     from weights import weights_digest
 
     so = options.storage_options
     config = read_transformer_config(options.transformer, storage_options=so)
     identity = tokenizer_identity(options.tokenizer, storage_options=so)
-    image_size = check_compatible(config, VQGANConfig.from_dict(identity["config"]))
+    image_size = check_compatible(config, tokenizer_config_from_dict(identity["config"]))
     stored = load_sampling_config(options.transformer, storage_options=so)
     sampling = resolve_sampling(stored, options.sampling).to_dict()
     classes = list(options.classes) if options.classes is not None else list(range(config.num_classes))

@@ -62,9 +62,10 @@ def check_store_matches_model(config: TrainJobConfig):
         ) from None
     problems = []
     if manifest.codebook_size != model.codebook_size:
+        family = manifest.tokenizer.get("config", {}).get("family", "vqgan")
         problems.append(
-            f"codebook size {manifest.codebook_size} in the store vs {model.codebook_size} in the model "
-            f"(--codebook-size)"
+            f"codebook size {manifest.codebook_size} in the store (made by a {family} tokenizer) vs "
+            f"{model.codebook_size} in the model (--codebook-size, or a preset made for that tokenizer)"
         )
     if tuple(manifest.grid) != (model.grid_size, model.grid_size):
         problems.append(
@@ -93,18 +94,25 @@ def check_tokenizer_fits(config: TrainJobConfig, manifest) -> None:
 
     Raises:
         FileNotFoundError: nothing at `--tokenizer`.
-        ValueError: its codebook differs from the model's.
+        ValueError: its family differs from the store's tokenizer, or its codebook from the model's.
     """
     from generation import check_compatible
     from jobs.train.worker import model_config_for
     from pipeline.tokenize import tokenizer_identity
-    from tokenizer import VQGANConfig
+    from tokenizer.families import tokenizer_config_from_dict
 
     try:
         identity = tokenizer_identity(config.tokenizer, config.storage_options or None)
     except FileNotFoundError:
         raise FileNotFoundError(f"--tokenizer {config.tokenizer} does not exist") from None
-    check_compatible(model_config_for(config), VQGANConfig.from_dict(identity["config"]))
+    tokenizer_config = tokenizer_config_from_dict(identity["config"])
+    store_family = manifest.tokenizer.get("config", {}).get("family", "vqgan")
+    if tokenizer_config.family != store_family:
+        raise ValueError(
+            f"--tokenizer {config.tokenizer} is a {tokenizer_config.family} tokenizer but the store "
+            f"{config.store} was made by a {store_family} tokenizer: pass the tokenizer that made the store"
+        )
+    check_compatible(model_config_for(config), tokenizer_config)
     stored = manifest.tokenizer.get("weights_sha256")
     if stored and stored != identity["weights_sha256"]:
         # A warning, not an error: the same weights in another file format (a converted taming
