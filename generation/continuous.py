@@ -101,9 +101,13 @@ class StepPreview(NamedTuple):
 
     step: int  # steps the request has run (1 … total_steps)
     total_steps: int
-    predictions: torch.Tensor  # LongTensor[B, h, w] on the CPU: decided tokens + this step's samples
+    # LongTensor[B, h, w] on the CPU: decided tokens + this step's samples; [MASK] (`mask_token_id`)
+    # where nothing was sampled (order "halton": cells not reached yet; a step revealing nothing)
+    predictions: torch.Tensor
     masked: torch.Tensor  # BoolTensor[B, h, w]: positions still masked after the step
-    images: np.ndarray | None  # (B, H, W, 3) uint8 decoded predictions (preview_images), else None
+    # (B, H, W, 3) uint8 (preview_images), else None: the predictions decoded, each position never
+    # sampled so far shown as its latest sample (code 0 before the first)
+    images: np.ndarray | None
 
 
 class SamplingOutcome(NamedTuple):
@@ -151,6 +155,7 @@ class Ticket:
         self.cancelled = False
         self.steps_done = 0
         self.shared_rows = 0
+        self.canvas: torch.Tensor | None = None  # (B, h, w) latest sample per position, for preview images
 
     @property
     def done(self) -> bool:
@@ -326,12 +331,14 @@ class ContinuousBatcher:
             if bool(result.in_forward[start:stop].any()):
                 ticket.shared_rows = max(ticket.shared_rows, shared)
             start = stop
-        self._previews(
-            spans, result.predictions.view(-1, grid, grid), result.rows.masked.view(-1, grid, grid)
-        )
         finished = [(ticket, a, b) for ticket, a, b in spans if ticket.steps_done >= ticket.total_steps]
-        self._complete(finished, result.rows.tokens.view(-1, grid, grid))
-        self._keep([ticket for ticket in tickets if not ticket.done])
+        try:
+            self._previews(
+                spans, result.predictions.view(-1, grid, grid), result.rows.masked.view(-1, grid, grid)
+            )
+        finally:  # whatever a listener did, finished requests complete and leave
+            self._complete(finished, result.rows.tokens.view(-1, grid, grid))
+            self._keep([ticket for ticket in tickets if not ticket.done])
         return StepReport(len(rows), result.forward_rows, admitted, len(finished), len(tickets))
 
     def _decode(self, grids: list[torch.Tensor]) -> list[np.ndarray]:
@@ -347,9 +354,18 @@ class ContinuousBatcher:
             return
         predictions, masked = predictions.cpu(), masked.cpu()
         want = [(t, a, b) for t, a, b in listeners if t.request.preview_images]
-        pictures = dict(
-            zip([id(t) for t, _, _ in want], self._decode([predictions[a:b] for _, a, b in want]))
-        )
+        mask_id = self.pipe.config.mask_token_id
+        for ticket, start, stop in want:  # positions not sampled at this step keep their last sample
+            if ticket.canvas is None:
+                ticket.canvas = torch.zeros_like(predictions[start:stop])
+            ticket.canvas = torch.where(
+                predictions[start:stop] == mask_id, ticket.canvas, predictions[start:stop]
+            )
+        try:
+            pictures = dict(zip([id(t) for t, _, _ in want], self._decode([t.canvas for t, _, _ in want])))
+        except Exception:  # previews are best effort: the request itself goes on
+            logger.exception("decoding preview images failed")
+            pictures = {}
         for ticket, start, stop in listeners:
             preview = StepPreview(
                 ticket.steps_done, ticket.total_steps, predictions[start:stop], masked[start:stop],
@@ -377,12 +393,14 @@ class ContinuousBatcher:
                 continue
             request = ticket.request
             images = pictures.get(id(ticket))
-            if request.decode and images is None:
-                ticket.error = failed or RuntimeError("decoding failed")
-            else:
+            try:
+                if request.decode and images is None:
+                    raise failed or RuntimeError("decoding failed")
                 if images is not None and request.image is not None:  # the same blend as MaskGIT.inpaint
                     images = blend_into(images, request.image, np.asarray(request.region, dtype=bool))
                 ticket.outcome = SamplingOutcome(tokens[start:stop].clone(), images, ticket.shared_rows)
+            except Exception as error:
+                ticket.error = error
             ticket._finish()
 
     def run_until_idle(self) -> int:

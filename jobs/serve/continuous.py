@@ -57,8 +57,9 @@ class ContinuousSampler:
         return ticket
 
     def _result(self, job: SampleJob, ticket: Ticket) -> JobOutput | JobFailure:
-        if ticket.error is not None:
-            return failure_from(ticket.error)
+        if ticket.error is not None:  # inputs were checked at submit: what fails later is the server's
+            logger.error("sampling failed for a job", exc_info=ticket.error)
+            return JobFailure("the sampler failed; see the server log", client_error=False)
         try:
             return self.engine.job_output(job, ticket.outcome)
         except Exception as error:

@@ -93,9 +93,13 @@ class StepEvent(NamedTuple):
 
     step: int  # steps done, 1 … total_steps
     total_steps: int
-    tokens: np.ndarray  # int64 (B, h, w): decided tokens plus this step's samples at masked positions
+    # int64 (B, h, w): decided tokens plus this step's samples at masked positions; [MASK]
+    # (= codebook size) where nothing was sampled (Halton order: cells not reached yet)
+    tokens: np.ndarray
     masked: np.ndarray  # bool (B, h, w): positions still masked after the step
-    pngs: list[bytes] | None  # one PNG of `tokens` decoded per image (previews="images"), else None
+    # one PNG per image (previews="images"), else None: `tokens` decoded, each [MASK] position shown as
+    # its latest sample (code 0 before the first)
+    pngs: list[bytes] | None
 
 
 PREVIEWS = ("tokens", "images")
