@@ -1,9 +1,9 @@
 """HaltonTransformer (the v2 transformer): released layouts, strict reader, forward parity, shared API.
 
 `data/halton_large384_layout.json` is the released `ImageNet_384_large.pth` state dict's key table
-([key, shape, kind] in state-dict order; docs/reference.md#v2). Files are written by the tests in
-the released layout: the large one is checked as a table (no weights allocated), the 23 M tiny
-one is written and read for real.
+([key, shape, kind] in state-dict order; docs/reference.md#halton-transformer). Files are written
+by the tests in the released layout: the large one is checked as a table (no weights allocated),
+the 23 M tiny one is written and read for real.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """LlamaGen VQ tokenizer (the v2 tokenizer): released layout, strict reader, l2-normalised codes, training.
 
 `data/llamagen_vq16_layout.json` is the released `vq_ds16_c2i.pt` state dict's key table
-([key, shape, kind] in state-dict order; docs/reference.md#v2). Checkpoints are written by the tests
-in that layout, at the released shapes where that is cheap on CPU.
+([key, shape, kind] in state-dict order; docs/reference.md#llamagen-vq-tokenizer). Checkpoints are
+written by the tests in that layout, at the released shapes where that is cheap on CPU.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ of the valeoai MaskGIT reproduction (docs/reference.md#tokenizer). Field names f
 taming's `ddconfig` (`out_ch` is spelled `out_channels` here; `convert.py` maps the names). Small presets
 train in minutes on CPU for 28-64 px data.
 
+`LlamaGenVQConfig` (with `LLAMAGEN_PRESETS`) describes the other tokenizer family, LlamaGen's VQ used
+by the valeoai v2 models; each config names its family in a `family` field
+(docs/reference.md#llamagen-vq-tokenizer).
+
 Dimension legend: H×W image, f = `downsample_factor`, h×w = (H/f)×(W/f) token grid, K = `codebook_size`,
 D = `embed_dim` (code vector width).
 """
@@ -183,9 +187,9 @@ class LlamaGenVQConfig:
     """Architecture of a LlamaGen VQ tokenizer, the tokenizer of the valeoai v2 (Halton) models.
 
     Defaults are the released `VQ-16` file (`vq_ds16_c2i.pt`): f = 16, 16,384 codes of width 8,
-    l2-normalised codes and latents (docs/reference.md#v2). Unlike taming's VQGAN the attention
-    placement does not depend on a resolution: it is always at the lowest level of the encoder
-    and the first level of the decoder, so no `resolution` field is needed.
+    l2-normalised codes and latents (docs/reference.md#llamagen-vq-tokenizer). Unlike taming's VQGAN
+    the attention placement does not depend on a resolution: it is always at the lowest level of
+    the encoder and the first level of the decoder, so no `resolution` field is needed.
 
     Attributes:
         in_channels: image channels in.

@@ -1,13 +1,14 @@
 """Reader of LlamaGen VQ checkpoints (the released `vq_ds16_c2i.pt`, the valeoai v2 tokenizer).
 
-The only module that knows this foreign format (docs/reference.md#v2): a `torch.save`d dict whose
-`"model"` entry is the VQ model's state dict, 344 entries for VQ-16 (`codebook_used` included),
-with the names `tokenizer.llamagen.LlamaGenVQ` uses, so it maps 1:1 without renaming. LlamaGen's
-trainer may also have stored `"steps"` and an `argparse.Namespace` under `"args"`; the file is read
-with `torch.load(weights_only=True)` with `argparse.Namespace` (a plain attribute bag) as the only
-allow-listed class, so no pickled code runs. Other entries (`"optimizer"`, `"discriminator"`, …)
-are ignored. Files with `"ema"` or `"state_dict"` instead of `"model"`, and bare state dicts, are
-read too (`"model"` wins, as in the Halton trainer that consumes the file).
+The only module that knows this foreign format (docs/reference.md#llamagen-vq-tokenizer): a
+`torch.save`d dict whose `"model"` entry is the VQ model's state dict, 344 entries for VQ-16
+(`codebook_used` included), with the names `tokenizer.llamagen.LlamaGenVQ` uses, so it maps 1:1
+without renaming. LlamaGen's trainer may also have stored `"steps"` and an `argparse.Namespace`
+under `"args"`; the file is read with `torch.load(weights_only=True)` with `argparse.Namespace` (a
+plain attribute bag) as the only allow-listed class, so no pickled code runs. Other entries
+(`"optimizer"`, `"discriminator"`, …) are ignored. Files with `"ema"` or `"state_dict"` instead of
+`"model"`, and bare state dicts, are read too (`"model"` wins, as in the Halton trainer that
+consumes the file).
 
 The architecture is recovered from the tensor shapes (levels, widths, codebook); GroupNorm's group
 count is not visible in shapes and is LlamaGen's 32 unless a `config` is given. Every key is then

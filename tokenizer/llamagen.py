@@ -1,10 +1,11 @@
 """The LlamaGen VQ tokenizer (Sun et al. 2024), the tokenizer of the valeoai v2 (Halton-MaskGIT) models.
 
-Follows LlamaGen's `VQModel` as described in docs/reference.md#v2: a taming-style convolutional
-encoder/decoder (the same ResnetBlock, AttnBlock, Downsample and Upsample as `tokenizer.vqgan`, whose
-parameter names LlamaGen kept) arranged under LlamaGen's module names, and a vector quantizer that
-**l2-normalises both the latents and the codebook rows** on every call, for encoding and decoding
-alike. The stored codebook is not unit-norm; only normalised rows are ever used.
+Follows LlamaGen's `VQModel` as described in docs/reference.md#llamagen-vq-tokenizer: a taming-style
+convolutional encoder/decoder (the same ResnetBlock, AttnBlock, Downsample and Upsample as
+`tokenizer.vqgan`, whose parameter names LlamaGen kept) arranged under LlamaGen's module names, and
+a vector quantizer that **l2-normalises both the latents and the codebook rows** on every call, for
+encoding and decoding alike. The stored codebook is not unit-norm; only normalised rows are ever
+used.
 
 Module names match the released `vq_ds16_c2i.pt` state dict 1:1 (`tokenizer/convert_llamagen.py`):
 

@@ -9,6 +9,10 @@ checkpoints (docs/reference.md#transformer): 24 pre-LN blocks of width 768, 16 h
     ids K+1 … K+C               class c is K + 1 + c           (`first_class_id`, C = num_classes)
     id  K+1+C                   the null class used for CFG    (`null_class_id`)
 
+`HaltonConfig` (with `HALTON_PRESETS`) describes the v2 family, `transformer.halton.HaltonTransformer`,
+whose classes are not vocabulary entries (docs/reference.md#halton-transformer); each config names its
+family in a `family` field.
+
 `SamplingConfig` holds the decoding knobs; its defaults are the reference's ImageNet-256 settings
 (docs/reference.md#sampler). It travels with the weights in our folder format (`config.json`, see
 `checkpoint.py`), so the CLI and the server use the sampling defaults the model was exported with.
@@ -135,7 +139,7 @@ class HaltonConfig:
     The vocabulary differs from `TransformerConfig`'s: classes are not tokens. Token ids are the K
     codes and [MASK] = K (`mask_token_id`), so the token embedding and the tied head have K + 1 rows;
     classes index a separate embedding of C + 1 rows whose last row is the null class
-    (`null_class_id` = C) used for classifier-free guidance (docs/reference.md#v2).
+    (`null_class_id` = C) used for classifier-free guidance (docs/reference.md#halton-transformer).
 
     Attributes:
         codebook_size: K, number of VQ codes (16,384 for LlamaGen VQ-16).

@@ -1,6 +1,6 @@
 """Reader of the valeoai v2 (Halton-MaskGIT) transformer checkpoints (`ImageNet_{256,384}_{size}.pth`).
 
-The only module that knows this foreign format (docs/reference.md#v2, "Checkpoint files"): a
+The only module that knows this foreign format (docs/reference.md#halton-transformer, "Checkpoint files"): a
 `torch.save`d dict `{"iter", "global_epoch", "model_state_dict", "optimizer_state_dict"}` whose
 `model_state_dict` uses the names of `transformer.halton.HaltonTransformer` 1:1 (including both
 `tok_emb.weight` and the tied `head.weight`). EMA files (`ema.pth`, `last_ema.pth`) have the same

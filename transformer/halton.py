@@ -1,6 +1,6 @@
 """`HaltonTransformer`: the valeoai v2 (Halton-MaskGIT) class-to-image transformer, parameter for parameter.
 
-Follows the v2 reference's `Transformer` as described in docs/reference.md#v2:
+Follows the v2 reference's `Transformer` as described in docs/reference.md#halton-transformer:
 
 * **no class token in the sequence**: the class embedding (`cls_emb`, C + 1 rows, the last one the
   null class) is the only conditioning and drives adaLN-zero modulation in every block;

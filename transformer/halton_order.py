@@ -1,6 +1,6 @@
 """The Halton decoding order of the valeoai v2 sampler: which grid cells each step reveals, and how many.
 
-Follows docs/reference.md#v2 ("Halton sampler"), reproducing the reference's numbers exactly:
+Follows docs/reference.md#halton-sampler, reproducing the reference's numbers exactly:
 
 * **Order.** Point i = 1, 2, … of the 2-D Halton sequence is (b₂(i), b₃(i)), the base-2 and base-3
   van der Corput radical inverses (1/2, 1/4, 3/4, 1/8, … and 1/3, 2/3, 1/9, 4/9, …). The reference
