@@ -24,6 +24,17 @@ from pathlib import Path
 
 from jobs.options import options_from_args
 
+# The two model families at CPU size. v1: taming VQGAN + MaskTransformer, confidence sampling with the
+# linear CFG ramp. v2: LlamaGen VQ + Halton transformer, Halton order, constant CFG (the v2 reference).
+FAMILIES = {
+    "v1": {"tokenizer": "tiny-f4", "transformer": "tiny", "sampling": {"steps": 8}},
+    "v2": {
+        "tokenizer": "llamagen-tiny-f4",
+        "transformer": "halton-tiny",
+        "sampling": {"steps": 8, "order": "halton", "schedule": "arccos", "cfg_schedule": "constant"},
+    },
+}
+
 
 @dataclass(frozen=True)
 class QuickstartOptions:
@@ -35,18 +46,19 @@ class QuickstartOptions:
     """
 
     out: str = "quickstart_out"
+    family: str = "v1"
     s3: bool = False
     serve: bool = False
     image_size: int = 32
     train_per_class: int = 1200
     heldout_per_class: int = 100
     classifier_epochs: int = 2
-    vqgan_preset: str = "tiny-f4"
+    vqgan_preset: str | None = None  # None: the family's (v1 tiny-f4, v2 llamagen-tiny-f4)
     vqgan_steps: int = 1500
     vqgan_batch_size: int = 32
     vqgan_lr: float = 1e-3
     vqgan_perceptual: str = "none"
-    transformer_preset: str = "tiny"
+    transformer_preset: str | None = None  # None: the family's (v1 tiny, v2 halton-tiny)
     transformer_depth: int | None = None
     transformer_dropout: float = 0.0
     train_steps: int = 3000
@@ -58,7 +70,26 @@ class QuickstartOptions:
     samples_per_class: int = 10
     eval_per_class: int = 50
     ablation_per_class: int = 50
+    compare_samplers: bool = False
+    compare_per_class: int = 20
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"--family must be one of {sorted(FAMILIES)}, got {self.family!r}")
+
+    @property
+    def tokenizer_preset(self) -> str:
+        return self.vqgan_preset or FAMILIES[self.family]["tokenizer"]
+
+    @property
+    def model_preset(self) -> str:
+        return self.transformer_preset or FAMILIES[self.family]["transformer"]
+
+    @property
+    def sampling(self) -> dict:
+        """Sampling settings exported with the weights: 8 steps in the family's own way."""
+        return dict(FAMILIES[self.family]["sampling"])
 
 
 class Quickstart:
@@ -162,12 +193,12 @@ class Quickstart:
 
     def tokenizer(self) -> dict:
         from pipeline.image_dataset import ImageFolderDataset
-        from tokenizer.config import preset
+        from tokenizer.families import tokenizer_preset
         from tokenizer.train import TokenizerTrainingConfig, train_tokenizer
 
         o = self.options
         config = TokenizerTrainingConfig(
-            vqgan=preset(o.vqgan_preset),
+            vqgan=tokenizer_preset(o.tokenizer_preset),
             steps=o.vqgan_steps,
             batch_size=o.vqgan_batch_size,
             lr=o.vqgan_lr,
@@ -232,7 +263,7 @@ class Quickstart:
         config = TrainJobConfig(
             store=store,
             out=self.location("run"),
-            preset=o.transformer_preset,
+            preset=o.model_preset,
             model_overrides=overrides,
             num_workers=o.workers,
             zero_stage=o.zero_stage,
@@ -247,7 +278,7 @@ class Quickstart:
             log_every=max(o.train_steps // 100, 1),
             sample_every=max(o.train_steps // 4, 1),
             tokenizer=vqgan,
-            sampling={"steps": 8},
+            sampling=o.sampling,
             seed=o.seed,
             cpus_per_worker=1.0,
         )
@@ -315,29 +346,40 @@ class Quickstart:
         }
 
     def ablation(self, transformer: str, vqgan: str, stats: str, classifier: str) -> dict:
+        from jobs.quickstart.ablation import default_settings
+
+        per_class = self.options.ablation_per_class
+        models = (transformer, vqgan, stats, classifier)
+        return self._sampling_table("ablation", default_settings, *models, per_class)
+
+    def sampler_comparison(self, transformer: str, vqgan: str, stats: str, classifier: str) -> dict:
+        from jobs.quickstart.ablation import comparison_settings
+
+        return self._sampling_table(
+            "sampler_comparison", comparison_settings, transformer, vqgan, stats, classifier,
+            self.options.compare_per_class,
+        )  # fmt: skip
+
+    def _sampling_table(self, name, settings, transformer, vqgan, stats, classifier, per_class) -> dict:
+        """Sample each setting with the same seeds, score it, write `<name>.md` and `<name>.json`."""
         from evaluation.classifier import load_classifier
         from evaluation.features import build_feature_extractor
         from evaluation.stats import FeatureStatistics
         from generation import MaskGIT
-        from jobs.quickstart.ablation import ablation_markdown, default_settings, run_ablation
+        from jobs.quickstart.ablation import ablation_markdown, run_ablation
 
         evaluator = build_feature_extractor("efficientnet-lite0", device="cpu")
         pipe = MaskGIT.load(transformer, vqgan, device="cpu")
         rows = run_ablation(
-            pipe,
-            load_classifier(classifier),
-            evaluator,
-            FeatureStatistics.load(stats),
-            default_settings(pipe.sampling_defaults),
-            classes=list(range(10)),
-            per_class=self.options.ablation_per_class,
+            pipe, load_classifier(classifier), evaluator, FeatureStatistics.load(stats),
+            settings(pipe.sampling_defaults), classes=list(range(10)), per_class=per_class,
             seed=self.options.seed,
-        )
-        table = ablation_markdown(rows, evaluator.info.fid_label, self.options.ablation_per_class, 10)
-        (self.out / "ablation.md").write_text(table + "\n")
-        (self.out / "ablation.json").write_text(json.dumps([r._asdict() for r in rows], indent=1))
+        )  # fmt: skip
+        table = ablation_markdown(rows, evaluator.info.fid_label, per_class, 10)
+        (self.out / f"{name}.md").write_text(table + "\n")
+        (self.out / f"{name}.json").write_text(json.dumps([r._asdict() for r in rows], indent=1))
         print(table)
-        return {"table": str(self.out / "ablation.md"), "rows": [r._asdict() for r in rows]}
+        return {"table": str(self.out / f"{name}.md"), "rows": [r._asdict() for r in rows]}
 
     def serve(self, transformer: str, vqgan: str) -> dict:
         import base64
@@ -383,6 +425,11 @@ class Quickstart:
             results["ablation"] = self.stage(
                 "ablation", lambda: self.ablation(transformer, vqgan, stats, classifier)
             )
+            if self.options.compare_samplers:
+                compare = self.sampler_comparison
+                results["sampler_comparison"] = self.stage(
+                    "sampler_comparison", lambda: compare(transformer, vqgan, stats, classifier)
+                )
             if self.options.serve:
                 results["serve"] = self.serve(transformer, vqgan)
         finally:
@@ -417,18 +464,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add = parser.add_argument
     add("--out", default=d.out, help="output folder (a rerun reuses its finished stages)")
+    add("--family", default=d.family, choices=sorted(FAMILIES),
+        help="v1: VQGAN + MaskTransformer (confidence sampler); v2: LlamaGen VQ + Halton transformer "
+        "(Halton sampler)")  # fmt: skip
     add("--s3", action="store_true", help="store and training run on a local S3 server")
     add("--serve", action="store_true", help="also start the Serve app and make one request")
     add("--image-size", type=int, default=d.image_size, help="image side in pixels")
     add("--train-per-class", type=int, default=d.train_per_class, help="training images per class")
     add("--heldout-per-class", type=int, default=d.heldout_per_class, help="held-out test images per class")
     add("--classifier-epochs", type=int, default=d.classifier_epochs, help="epochs of the judging classifier")
-    add("--vqgan-preset", default=d.vqgan_preset, help="VQGAN preset")
+    add("--vqgan-preset", default=d.vqgan_preset, help="tokenizer preset (default: the family's)")
     add("--vqgan-steps", type=int, default=d.vqgan_steps, help="VQGAN training steps")
     add("--vqgan-batch-size", type=int, default=d.vqgan_batch_size, help="VQGAN images per step")
     add("--vqgan-lr", type=float, default=d.vqgan_lr, help="VQGAN learning rate")
     add("--vqgan-perceptual", default=d.vqgan_perceptual, help="VQGAN perceptual loss")
-    add("--transformer-preset", default=d.transformer_preset, help="transformer preset")
+    add("--transformer-preset", default=d.transformer_preset, help="transformer preset (default: family's)")
     add("--transformer-depth", type=int, default=d.transformer_depth, help="override the preset's depth")
     add("--transformer-dropout", type=float, default=d.transformer_dropout, help="transformer dropout")
     add("--train-steps", type=int, default=d.train_steps, help="transformer optimizer steps")
@@ -440,7 +490,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--samples-per-class", type=int, default=d.samples_per_class, help="samples per class in samples.png")
     add("--eval-per-class", type=int, default=d.eval_per_class, help="samples per class for evaluation")
     add("--ablation-per-class", type=int, default=d.ablation_per_class, help="samples per class per row")
-    add("--seed", type=int, default=d.seed, help="seed of data subsets and sampling")
+    add("--compare-samplers", action="store_true",
+        help="also compare the Halton and confidence orders at 4, 8, 16 and 32 steps (sampler_comparison.md)")
+    add("--compare-per-class", type=int, default=d.compare_per_class, help="samples per class and row")
+    add("--seed", type=int, default=d.seed, help="seed of data subsets and sampling")  # fmt: skip
     parser.set_defaults(run=_run)
 
 
