@@ -24,8 +24,12 @@ from its own generator seeded by `seeds[i]`, so a request decodes to the same to
 sampled alone or batched with others (the Serve deployment relies on this).
 
 No work is wasted: logits are computed only at still-masked positions and only over the K codes;
-the unconditional half is skipped while ω_t = 0; a step at which no sample reveals anything is
-skipped.
+the unconditional half is skipped while ω_t = 0; a sample that reveals nothing at a step stays out
+of that step's forward (and a step at which none does runs no forward).
+
+The step itself is `transformer.decode.decode_step`, which also runs rows at different steps with
+different knobs in one forward (the Serve deployment's continuous batching); `sample()` starts the
+rows (`start_rows`) and calls it `steps - start_step` times.
 
 Dimensions: B batch, h×w token grid, N = h·w, M masked positions in the batch, K codebook size.
 """

@@ -3,7 +3,13 @@
 Two deployments, thin adapters over `jobs/serve/engine.py` and `jobs/serve/ingress.py`
 (docs/architecture.md#conventions):
 
-* `MaskGITSampler` holds a `SamplerEngine` (transformer + VQGAN, loaded once per replica). Its
+* `MaskGITSampler` holds a `SamplerEngine` (transformer + VQGAN, loaded once per replica). With
+  `batching="continuous"` (the default) it runs a `jobs.serve.continuous.ContinuousSampler`: every
+  request joins the running decode loop at the next step boundary, whatever its knobs, and leaves
+  when its own steps are done; one forward pass per step holds at most 2 × `max_batch_images` rows.
+  `run(job)` returns the JobOutput / JobFailure; `stream(job, previews)` (a streaming handle call)
+  yields a `StepEvent` per decoding step, then it. A cancelled call frees the job's rows.
+  With `batching="merge"`, its
   `@serve.batch` queue counts **images**, not requests (`batch_size_fn=count_images`): requests are
   merged into one sampler call up to `max_batch_images` images, and the engine splits a batch into
   one `sample()` call per group of equal knobs. `max_ongoing_requests` is 2 × `max_batch_images`,

@@ -8,6 +8,11 @@ sampler call per group (`MaskGIT.sample_tokens`) with every image's own seed, th
 noise from that image's seed, a request's images do not depend on what it was batched with. The
 output kind is not part of the key: token requests share the sampler call and just skip the decoder.
 
+That is the "merge" batching mode. In the default "continuous" mode the deployment uses the same
+engine's models through a step-level `generation.ContinuousBatcher` (`batcher`, `request`,
+`job_output`, `step_event` here; driven by `jobs/serve/continuous.py`): requests of any knobs share
+each forward pass and leave as soon as their own steps are done.
+
 No Ray here: the Serve deployment in `jobs/serve/app.py` is a thin adapter that feeds this class, and
 tests and the benchmark call it directly.
 
