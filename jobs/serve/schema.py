@@ -23,12 +23,38 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
-MAX_SEED = 2**62  # seeds are in [0, MAX_SEED); s + i stays far below torch's 2**64 limit
+# Seeds are in [0, MAX_SEED): integers a JavaScript client (the web page) holds exactly, and that a
+# JSON Schema validator comparing in float64 bounds exactly.
+MAX_SEED = 2**53
 OutputKind = Literal["png", "tokens"]
+# The sampler's names (transformer.masking / transformer.config), spelled out so this module needs no
+# torch; tests/test_serve_schema.py checks that they match.
+NamedSchedule = Literal[
+    "arccos", "cosine", "linear", "square", "root", "jax-cosine", "jax-uniform", "jax-log", "jax-exp"
+]
+JaxPowSchedule = Annotated[str, StringConstraints(pattern=r"^jax-pow[0-9]{1,2}(\.[0-9]{1,2})?$")]
+Order = Literal["confidence", "halton"]
+CfgSchedule = Literal["linear", "constant"]
+MIN_TEMPERATURE = 0.01  # logits / t stays finite in float32 (and bfloat16) above this
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integers include 3.0: accept a float with no fraction as that integer."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def integer(**bounds: int) -> Any:
+    """A JSON integer with `bounds` (ge, le, lt): 3 or 3.0, never "3", true or 3.5 (requests are
+    validated strictly otherwise). Bounds go inside the type so that `integer(...) | None` keeps them
+    in the JSON Schema as minimum / maximum."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
+
+
+Integer = integer()
 
 
 @dataclass(frozen=True)
@@ -198,38 +224,82 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 # HTTP request and response models
 
 
-class SamplingFields(BaseModel):
-    """Knobs shared by every sampling request; absent knobs take the model's stored defaults."""
+class SamplingKnobs(BaseModel):
+    """Decoding knobs shared by every sampling request; absent (or null) knobs take the model's stored
+    defaults. See docs/reference.md#sampler for what each one does."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    steps: int | None = Field(None, ge=1, description="decoding steps T (<= the server's max_steps)")
-    schedule: str | None = Field(None, description="masking schedule, e.g. arccos, cosine, jax-cosine")
-    temperature: float | None = Field(None, gt=0, le=100, allow_inf_nan=False, description="logits / t")
+    steps: integer(ge=1) | None = Field(None, description="decoding steps T (at most the server's max_steps)")
+    schedule: NamedSchedule | JaxPowSchedule | None = Field(
+        None, description="masking schedule (jax-pow<K>: K with up to two digits and two decimals)"
+    )
+    temperature: float | None = Field(
+        None, ge=MIN_TEMPERATURE, le=100, allow_inf_nan=False, description="logits are divided by it"
+    )
     gumbel_temperature: float | None = Field(
         None, ge=0, le=100, allow_inf_nan=False, description="Gumbel noise scale at the first step"
     )
     cfg_weight: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, description="CFG weight")
-    cfg_schedule: Literal["linear", "constant"] | None = Field(None, description="guidance weight ramp")
-    seed: int | None = Field(
-        None, ge=0, lt=MAX_SEED, description="image i uses seed + i; drawn and returned when absent"
+    cfg_schedule: CfgSchedule | None = Field(None, description="guidance weight ramp")
+    order: Order | None = Field(
+        None,
+        description="which masked tokens a step reveals: 'confidence' (v1) or 'halton' (v2; with "
+        "'halton' the schedule is arccos: absent means arccos, any other schedule is refused)",
     )
+    seed: integer(ge=0, lt=MAX_SEED) | None = Field(
+        None, description="image i uses seed + i; drawn and returned when absent"
+    )
+
+
+class SamplingFields(SamplingKnobs):
+    """The knobs plus what `/v1/generate` and `/v1/inpaint` answer with."""
+
     output: OutputKind = Field("png", description="'png' (base64 PNG images) or 'tokens' (code grids)")
+    stream: bool = Field(
+        False,
+        description="answer text/event-stream: one 'step' event per decoding step, then 'result' "
+        "(the JSON answer) or 'error'",
+    )
 
-    @field_validator("schedule")
-    @classmethod
-    def _known_schedule(cls, schedule: str | None) -> str | None:
-        from transformer.masking import check_schedule  # torch: imported only when a request is checked
 
-        return None if schedule is None else check_schedule(schedule)
+_NULL = {"type": "null"}  # in a one-of branch: absent or null
+
+
+def classes_one_of(schema: dict[str, Any]) -> None:
+    """`class_ids` (a list, without `count`) or `class_id` (with an optional `count`), never both."""
+    schema["oneOf"] = [
+        {
+            "required": ["class_ids"],
+            "properties": {"class_ids": {"type": "array"}, "class_id": _NULL, "count": _NULL},
+        },
+        {"required": ["class_id"], "properties": {"class_id": {"type": "integer"}, "class_ids": _NULL}},
+    ]
+
+
+def region_one_of(schema: dict[str, Any]) -> None:
+    """`box` (with an optional `margin`) or `mask` (without `margin`), never both."""
+    schema["oneOf"] = [
+        {"required": ["box"], "properties": {"box": {"type": "object"}, "mask": _NULL}},
+        {
+            "required": ["mask"],
+            "properties": {"mask": {"type": "string"}, "box": _NULL},
+            "not": {"required": ["margin"]},
+        },
+    ]
+
+
+IMAGE_FORMAT = "image-base64"  # OpenAPI string format of uploaded images (base64 or a data: URL)
 
 
 class GenerateRequest(SamplingFields):
     """`POST /v1/generate`: class-conditional images, given as `class_ids` or as `class_id` + `count`."""
 
-    class_ids: list[int] | None = Field(None, min_length=1, description="one class per image")
-    class_id: int | None = Field(None, description="the class of every image (with count)")
-    count: int | None = Field(None, ge=1, description="images of class_id (default 1)")
+    model_config = ConfigDict(json_schema_extra=classes_one_of)
+
+    class_ids: list[Integer] | None = Field(None, min_length=1, description="one class per image (no count)")
+    class_id: Integer | None = Field(None, description="the class of every image (with count)")
+    count: integer(ge=1) | None = Field(None, description="images of class_id (default 1)")
 
     @model_validator(mode="after")
     def _one_way_to_name_classes(self) -> GenerateRequest:
@@ -249,27 +319,38 @@ class GenerateRequest(SamplingFields):
 
 
 class PixelBox(BaseModel):
-    """A box in image pixels (end-exclusive: rows top … top + height − 1)."""
+    """A box in image pixels (end-exclusive: rows top … top + height − 1); the part past the image's
+    border is ignored."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    top: int = Field(ge=0)
-    left: int = Field(ge=0)
-    height: int = Field(ge=1)
-    width: int = Field(ge=1)
+    top: Integer = Field(ge=0)
+    left: Integer = Field(ge=0)
+    height: Integer = Field(ge=1)
+    width: Integer = Field(ge=1)
 
 
 class InpaintRequest(SamplingFields):
     """`POST /v1/inpaint`: regenerate a box or a mask of an image for a class, blended at the border."""
 
-    image: str = Field(description="base64 of an encoded image (PNG, JPEG, WebP …) at the model's size")
-    box: PixelBox | None = Field(None, description="pixel box to regenerate")
-    margin: int = Field(
+    model_config = ConfigDict(json_schema_extra=region_one_of)
+
+    image: str = Field(
+        json_schema_extra={"format": IMAGE_FORMAT},
+        description="base64 (or a data: URL) of an encoded image (PNG, JPEG, WebP …) at the model's size",
+    )
+    box: PixelBox | None = Field(None, description="pixel box to regenerate (or give mask)")
+    margin: Integer = Field(
         1, ge=0, le=64, description="tokens added around the box (JAX demo and `maskgit sample`: 1)"
     )
-    mask: str | None = Field(None, description="base64 image of the same size; light pixels are regenerated")
-    class_id: int = Field(description="class to condition the regenerated region on")
-    count: int = Field(1, ge=1, description="variations to return (seeds seed … seed + count − 1)")
+    mask: str | None = Field(
+        None,
+        json_schema_extra={"format": IMAGE_FORMAT},
+        description="base64 image at the model's size; pixels lighter than 127 are regenerated (at "
+        "least one must be); no margin",
+    )
+    class_id: Integer = Field(description="class to condition the regenerated region on")
+    count: Integer = Field(1, ge=1, description="variations to return (seeds seed … seed + count − 1)")
 
     @model_validator(mode="after")
     def _one_region(self) -> InpaintRequest:
@@ -307,3 +388,17 @@ class ErrorResponse(BaseModel):
 
     error: str = Field(description="what is wrong, in one line")
     details: list[str] = Field(default_factory=list, description="one line per problem")
+
+
+class HealthResponse(BaseModel):
+    """Answer of `GET /v1/health` (200 ready, 503 not)."""
+
+    status: Literal["ok", "unavailable"]
+    model: str
+
+
+class ModelsResponse(BaseModel):
+    """Answer of `GET /v1/models`: the loaded model's sizes, configs, class names, sampling defaults,
+    and this server's limits."""
+
+    models: list[dict[str, Any]]
