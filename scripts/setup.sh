@@ -19,4 +19,14 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# Debian's Chromium for tests/test_serve_page.py (playwright drives it; no browser is downloaded).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+      || echo "setup: could not install chromium; tests/test_serve_page.py will be skipped" >&2
+  else
+    echo "setup: no chromium (apt-get install chromium, as root); tests/test_serve_page.py will be skipped" >&2
+  fi
+fi
+
 scripts/fetch_datasets.sh
