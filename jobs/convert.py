@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from jobs.options import options_from_args
 
 if TYPE_CHECKING:
-    from transformer.config import TransformerConfig
+    from transformer.config import HaltonConfig, TransformerConfig
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,15 @@ class ConvertTransformerOptions:
         out_dir: output folder.
         num_classes: classes C, only for vocabularies other than the released 2026 entries.
         codebook_size: codes K, alternatively to `num_classes`.
-        num_heads: attention heads (16 in every reference size; not in the shapes).
+        num_heads: attention heads, for a file of a non-reference size only (v1 sizes all use 16; each v2
+            reference width has its own); None: the reference's.
     """
 
     checkpoint: str
     out_dir: str
     num_classes: int | None = None
     codebook_size: int | None = None
-    num_heads: int = 16
+    num_heads: int | None = None
 
 
 class VqganConversion(NamedTuple):
@@ -61,11 +62,10 @@ class VqganConversion(NamedTuple):
 
 
 class TransformerConversion(NamedTuple):
-    """Where the converted transformer went, its config and the reference's training iteration."""
+    """Where the converted transformer went, and its config."""
 
     out_dir: Path | str
-    config: TransformerConfig
-    iteration: int | None
+    config: TransformerConfig | HaltonConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -105,8 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument(
         "--num-heads",
         type=int,
-        default=16,
-        help="attention heads (16 in every reference size; not in the shapes)",
+        default=None,
+        help="attention heads, only for a non-reference size (not in the shapes; default: the reference's)",
     )
     convert.set_defaults(run=_run_convert_transformer)
 
@@ -120,22 +120,19 @@ def run_convert_vqgan(options: ConvertVqganOptions) -> VqganConversion:
 
 
 def run_convert_transformer(options: ConvertTransformerOptions) -> TransformerConversion:
-    """Read a valeoai transformer `.pth` strictly and write it in our folder format, with the
-    reference's sampling settings for its resolution."""
-    from transformer.checkpoint import load_state_dict_strictly, save_transformer
-    from transformer.convert import read_reference_checkpoint
-    from transformer.model import MaskTransformer
+    """Read a valeoai transformer `.pth` (v1 MaskGIT or v2 Halton-MaskGIT, told apart by its keys)
+    strictly and write it in our folder format, with the reference's sampling settings for it."""
+    from transformer.checkpoint import load_transformer, save_transformer
+    from transformer.families import reference_sampling
 
-    reference = read_reference_checkpoint(
+    model = load_transformer(
         options.checkpoint,
         num_classes=options.num_classes,
         codebook_size=options.codebook_size,
         num_heads=options.num_heads,
     )
-    model = MaskTransformer(reference.config)
-    load_state_dict_strictly(model, reference.state_dict, str(options.checkpoint))
-    out_dir = save_transformer(model, options.out_dir, sampling=reference.sampling)
-    return TransformerConversion(out_dir, reference.config, reference.iteration)
+    out_dir = save_transformer(model, options.out_dir, sampling=reference_sampling(model.config))
+    return TransformerConversion(out_dir, model.config)
 
 
 def _run_convert_vqgan(args: argparse.Namespace) -> int:
@@ -148,9 +145,8 @@ def _run_convert_transformer(args: argparse.Namespace) -> int:
     result = run_convert_transformer(options_from_args(ConvertTransformerOptions, args))
     config = result.config
     print(
-        f"wrote {result.out_dir}: {config.grid_size}x{config.grid_size} tokens, "
+        f"wrote {result.out_dir}: {config.family} family, {config.grid_size}x{config.grid_size} tokens, "
         f"{config.codebook_size} codes, {config.num_classes} classes, depth {config.depth}, "
         f"width {config.hidden_size}"
-        + (f", reference iteration {result.iteration}" if result.iteration is not None else "")
     )
     return 0

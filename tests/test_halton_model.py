@@ -133,6 +133,21 @@ def test_released_tiny_256_file_loads_strictly_and_runs(tmp_path):
         assert model(tokens, classes, drop, with_mask_logit=True).shape == (2, 256, 16385)
 
 
+def test_convert_transformer_command_writes_a_v2_file_in_our_format(tmp_path, capsys):
+    from jobs.cli import main as cli_main
+    from transformer import load_sampling_config, load_transformer
+
+    path = tmp_path / "ImageNet_256_tiny.pth"
+    original = released_file(path, HALTON_PRESETS["halton-imagenet256-tiny"])
+    assert cli_main(["convert-transformer", str(path), str(tmp_path / "out")]) == 0
+    assert "halton family" in capsys.readouterr().out
+    loaded = load_transformer(tmp_path / "out")
+    assert loaded.config == HALTON_PRESETS["halton-imagenet256-tiny"]
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in original.items())
+    sampling = load_sampling_config(tmp_path / "out")
+    assert sampling.order == "halton" and sampling.steps == 32 and sampling.cfg_schedule == "constant"
+
+
 def test_ema_file_with_compile_prefix(tmp_path):
     path = tmp_path / "ema.pth"
     released_file(path, TINY, prefix="module._orig_mod.", optimizer=False)
