@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from generation.regions import mask_to_token_region
@@ -160,3 +162,73 @@ def test_cli_refuses_checkpoints_that_do_not_belong_together(tmp_path, capsys):
     )
     assert code == 2
     assert "expects 128 codes but the tokenizer has 256" in capsys.readouterr().err
+
+
+def test_request_enums_are_the_samplers_names():
+    import typing
+
+    from jobs.serve.schema import CfgSchedule, NamedSchedule, Order
+    from transformer.config import CFG_SCHEDULES, ORDERS
+    from transformer.masking import JAX_SCHEDULES, REFERENCE_SCHEDULES
+
+    assert typing.get_args(NamedSchedule) == REFERENCE_SCHEDULES + JAX_SCHEDULES[:-1]  # + jax-pow<K>
+    assert typing.get_args(Order) == ORDERS
+    assert typing.get_args(CfgSchedule) == CFG_SCHEDULES
+    assert GenerateRequest.model_validate({"class_id": 1, "schedule": "jax-pow2.5"}).schedule == "jax-pow2.5"
+    for schedule in ("jax-pow", "jax-pow2\n", "zigzag"):
+        with pytest.raises(ValidationError):
+            GenerateRequest.model_validate({"class_id": 1, "schedule": schedule})
+
+
+def test_integers_take_whole_json_numbers_only():
+    assert GenerateRequest.model_validate({"class_id": 3.0, "seed": 5.0}).requested_class_ids() == [3]
+    for value in (3.5, "3", True, float("inf")):
+        with pytest.raises(ValidationError):
+            GenerateRequest.model_validate({"class_id": value})
+
+
+def test_deployment_bounds_validate_and_document_the_same_limits():
+    from jobs.serve.limits import deployment_models
+
+    options = ServeOptions(transformer="t", tokenizer="k", max_images_per_request=3, max_steps=5)
+    info = {"num_classes": 10, "image_size": 32, "downsample_factor": 4, "sampling_defaults": {}}
+    models = deployment_models(options, info)
+    models.generate.model_validate({"class_ids": [9, 0, 1], "steps": 5})
+    for body in (
+        {"class_ids": [10]},
+        {"class_ids": [1] * 4},
+        {"class_id": 1, "count": 4},
+        {"class_id": 1, "steps": 6},
+    ):
+        with pytest.raises(ValidationError):
+            models.generate.model_validate(body)
+    schema = models.generate.model_json_schema()
+    assert schema["properties"]["steps"]["anyOf"][0]["maximum"] == 5
+    assert schema["properties"]["class_ids"]["anyOf"][0]["items"]["exclusiveMaximum"] == 10
+    box = models.inpaint.model_json_schema()["$defs"]["PixelBox"]["properties"]
+    assert (box["top"]["maximum"], box["height"]["maximum"]) == (31, 32)
+
+
+@given(st.sampled_from(["Sneaker", "T-shirt/top", "Ankle boot", "7", "0", "9"]), st.data())
+@settings(max_examples=200, deadline=None)
+def test_prompt_pattern_accepts_exactly_what_the_lookup_accepts(name, data):
+    """The prompt pattern in the document (checked the way schemathesis checks it) and the server's class
+    lookup agree on every prompt: case changes, spaces around, and edits of valid ones."""
+    import jsonschema_rs
+
+    from jobs.serve.openai_images import ClassNames, OpenAIError
+
+    classes = ClassNames(["T-shirt/top", "Trouser", "Sneaker", "Ankle boot", "Bag"] * 2, 10)
+    validator = jsonschema_rs.validator_for({"type": "string", "pattern": classes.pattern()})
+    cased = "".join(c.upper() if data.draw(st.booleans()) else c.lower() for c in name)
+    edit = data.draw(st.sampled_from(["", "pad", "prefix", "suffix", "drop", "unicode"]))
+    text = {
+        "": cased, "pad": f" \t{cased}\n", "prefix": f"0{cased}", "suffix": f"{cased}s",
+        "drop": cased[1:], "unicode": cased.replace("k", "\u212a"),
+    }[edit]  # fmt: skip
+    try:
+        classes.resolve(text)
+        accepted = True
+    except OpenAIError:
+        accepted = False
+    assert validator.is_valid(text) == accepted, repr(text)

@@ -8,10 +8,12 @@ request is valid (an invalid request still gets its 4xx JSON answer):
     event: result    data: the same JSON object the non-streamed request answers (SampleResponse)
     event: error     data: {"error": "...", "details": [...], "status": 422 | 500 | 503}
 
-`step` events come one per decoding step, in order; `tokens` is the h×w grid of codes decided so far
-(still-masked positions show the current prediction) and `masked` marks the positions not yet
-decided. Exactly one `result` or `error` event ends the stream. Browsers read it with `fetch` and a
-stream reader (EventSource cannot POST); see jobs/serve/static/app.js.
+`step` events come one per decoding step, in order (`jobs.serve.engine.StepEvent`): `tokens` is the
+h×w grid of codes decided so far plus this step's samples where still masked, `masked` marks the
+positions not yet decided, and `png` is the grid decoded (only with `"previews": "images"`). Exactly
+one `result` or `error` event ends the stream; a client that goes away cancels the job. Browsers read
+the stream with `fetch` and a stream reader (EventSource cannot POST); see jobs/serve/static/app.js.
+`document_streams` puts the event schema into the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from jobs.serve.engine import JobFailure, JobOutput, SampleJob
+from jobs.serve.engine import StepEvent as SamplerStep
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +42,16 @@ class StepImage(BaseModel):
 
     index: int
     tokens: list[list[int]] = Field(
-        description="h×w codes: decided ones, and the current prediction elsewhere"
+        description="h×w codes: decided ones, and this step's samples where still masked ([MASK], the "
+        "codebook size, where nothing was sampled yet: Halton order)"
     )
     masked: list[list[bool]] = Field(description="h×w: true where the code is not decided yet")
-    png: str | None = Field(None, description="base64 PNG preview of the tokens decoded as they are")
+    png: str | None = Field(
+        None, description="base64 PNG of the tokens decoded as they are (with previews: 'images'), else null"
+    )
 
 
-class StepEvent(BaseModel):
+class StepData(BaseModel):
     """Data of a `step` event: where decoding stands after step `step` of `steps`."""
 
     step: int
@@ -75,7 +81,7 @@ EVENT_SCHEMA = {
     "required": ["event", "data"],
     "properties": {"event": {"enum": ["step", "result", "error"]}, "data": {"type": "string"}},
     "oneOf": [
-        _event("step", "StepEvent"),
+        _event("step", "StepData"),
         _event("result", "SampleResponse"),
         _event("error", "StreamError"),
     ],
@@ -85,7 +91,7 @@ EVENT_SCHEMA = {
 def document_streams(document: dict[str, Any], paths: list[str]) -> dict[str, Any]:
     """Add the event stream to the 200 answer of each POST route in `paths` of an OpenAPI document."""
     components = document.setdefault("components", {}).setdefault("schemas", {})
-    for model in (StepEvent, StreamError):
+    for model in (StepData, StreamError):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
@@ -105,10 +111,10 @@ def _grid(value: Any) -> list | None:
     return None if value is None else np.asarray(value).tolist()
 
 
-def step_payload(update: Any) -> dict[str, Any]:
-    """The `step` event of one sampler step update (see `jobs.serve.engine`)."""
+def step_payload(update: SamplerStep) -> dict[str, Any]:
+    """The data of the `step` event of one `StepEvent`."""
     tokens, masked = np.asarray(update.tokens), np.asarray(update.masked)
-    previews = getattr(update, "pngs", None)
+    previews = update.pngs
     images = []
     for index in range(len(tokens)):
         png = previews[index] if previews is not None else None
@@ -120,7 +126,7 @@ def step_payload(update: Any) -> dict[str, Any]:
                 "png": base64.b64encode(png).decode("ascii") if png is not None else None,
             }
         )
-    return {"step": int(update.step), "steps": int(update.steps), "images": images}
+    return {"step": int(update.step), "steps": int(update.total_steps), "images": images}
 
 
 async def event_stream(

@@ -18,9 +18,9 @@ JSON, 405 a method the route does not have (with `Allow`), 413 a body over `max_
 have, bad base64, an image that is not an image or not at the model's size. Error messages never name
 server-side paths.
 
-The `sampler` is any object with `async run(job) -> JobOutput | JobFailure`, `stream(job)` (an async
-iterator of the job's steps, then its `JobOutput` or `JobFailure`) and `async ping() -> bool` (a Serve
-deployment handle wrapper in production).
+The `sampler` is any object with `async run(job) -> JobOutput | JobFailure`, `stream(job, previews)`
+(an async iterator of the job's `StepEvent`s, then its `JobOutput` or `JobFailure`) and
+`async ping() -> bool` (a Serve deployment handle wrapper in production; `ContinuousSampler` in tests).
 """
 
 # No `from __future__ import annotations`: the routes' body models are built per deployment, and
@@ -47,7 +47,7 @@ from PIL import Image
 
 from generation import box_to_token_region, mask_to_token_region, resolve_sampling
 from jobs.serve import events, openai_images
-from jobs.serve.engine import JobFailure, JobOutput, SampleJob
+from jobs.serve.engine import JobFailure, JobOutput, SampleJob, StepEvent
 from jobs.serve.errors import PayloadLimitMiddleware, RequestError, error_response, install_error_handlers
 from jobs.serve.limits import deployment_models, halton_rule
 from jobs.serve.openai_images import (
@@ -67,6 +67,7 @@ from jobs.serve.schema import (
     ModelsResponse,
     SampledImage,
     SampleResponse,
+    SamplingFields,
     SamplingKnobs,
     ServeOptions,
 )
@@ -82,7 +83,9 @@ STATIC_DIR = Path(__file__).with_name("static")
 class Sampler(Protocol):
     async def run(self, job: SampleJob) -> JobOutput | JobFailure: ...
 
-    def stream(self, job: SampleJob) -> AsyncIterator[Any]: ...
+    def stream(
+        self, job: SampleJob, previews: str = "tokens"
+    ) -> AsyncIterator[StepEvent | JobOutput | JobFailure]: ...
 
     async def ping(self) -> bool: ...
 
@@ -271,23 +274,23 @@ def build_http_app(sampler: Sampler, info: dict[str, Any], options: ServeOptions
             raise RequestError(422 if output.client_error else 500, output.message)
         return output
 
-    async def _answer(job: SampleJob, base_seed: int, stream: bool):
-        if not stream:
+    async def _answer(job: SampleJob, base_seed: int, request: SamplingFields):
+        if not request.stream:
             return _response(info, base_seed, job, await _run(job))
         finish = functools.partial(_response, info, base_seed, job)
-        return events.streaming_response(sampler.stream(job), job, finish)
+        return events.streaming_response(sampler.stream(job, request.previews), job, finish)
 
     @app.post("/v1/generate", response_model=SampleResponse, responses=errors)
     async def generate(request: models.generate) -> SampleResponse:
         """Generate images of the given classes (`stream: true`: watch them decode step by step)."""
         base_seed, job = checker.generate_job(request, request.requested_class_ids(), request.output)
-        return await _answer(job, base_seed, request.stream)
+        return await _answer(job, base_seed, request)
 
     @app.post("/v1/inpaint", response_model=SampleResponse, responses=errors)
     async def inpaint(request: models.inpaint) -> SampleResponse:
         """Regenerate a box or mask of an image for a class (pixel-blended at the border)."""
         base_seed, job = checker.inpaint_job(request)
-        return await _answer(job, base_seed, request.stream)
+        return await _answer(job, base_seed, request)
 
     async def images_generations(request: ImagesRequest) -> ImagesResponse:
         """OpenAI-shaped generation: `prompt` is a class id or name, `n` images, `b64_json` back."""

@@ -13,6 +13,7 @@ status 400 for any invalid request (413 for a body over the limit); our own rout
 
 # No `from __future__ import annotations`: a model below is built inside a function.
 
+import difflib
 import re
 import string
 from collections.abc import Sequence
@@ -117,11 +118,15 @@ class ClassNames:
         if fold_case(text) in self._by_name:
             return self._by_name[fold_case(text)]
         shown = text if len(text) <= 40 else text[:37] + "..."
+        close = difflib.get_close_matches(fold_case(text), list(self._by_name), n=3, cutoff=0.6)
+        guesses = " or ".join(repr(self.names[self._by_name[c]]) for c in close)
+        guess = f"; did you mean {guesses}?" if close else "."
         examples = ", ".join(repr(name) for name in (self.names or [])[:5])
         valid = f"a class name ({examples}, … see GET /v1/models) or " if self.names else ""
         raise OpenAIError(
             400,
-            f"prompt {shown!r} names no class of this model; give {valid}a class id 0–{self.num_classes - 1}",
+            f"prompt {shown!r} names no class of this model{guess} Give {valid}a class id "
+            f"0–{self.num_classes - 1}",
             param="prompt",
             code="invalid_value",
         )

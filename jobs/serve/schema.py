@@ -261,6 +261,11 @@ class SamplingFields(SamplingKnobs):
         description="answer text/event-stream: one 'step' event per decoding step, then 'result' "
         "(the JSON answer) or 'error'",
     )
+    previews: Literal["tokens", "images"] = Field(
+        "tokens",
+        description="what a streamed 'step' event carries: the token grid and its mask ('tokens'), or "
+        "also a PNG of it decoded ('images', one decoder pass per step)",
+    )
 
 
 _NULL = {"type": "null"}  # in a one-of branch: absent or null

@@ -128,6 +128,7 @@ function knobs() {
     temperature: Number($("temperature").value),
     order: $("order").value,
     stream: true,
+    previews: "images",
   };
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   return body;
