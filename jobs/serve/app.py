@@ -19,8 +19,9 @@ Two deployments, thin adapters over `jobs/serve/engine.py` and `jobs/serve/ingre
   so a sampler in a thread would leave a stream of 1-3-image batches queued behind it (measured
   mean batch 2.9 of 16 at concurrency 16); blocking the loop lets the requests that arrive meanwhile
   all join the next batch.
-* `MaskGITIngress` serves the FastAPI app (`/v1/generate`, `/v1/inpaint`, `/v1/health`,
-  `/v1/models`, `/docs`), validates requests and forwards `SampleJob`s to the sampler.
+* `MaskGITIngress` serves the FastAPI app (`/v1/generate`, `/v1/inpaint`, `/v1/images/generations`,
+  `/v1/health`, `/v1/models`, `/docs`, the web page at `/`), validates requests and forwards
+  `SampleJob`s to the sampler (`run`, or `stream` for server-sent step events).
 
 Scaling: `replicas` fixed sampler replicas, or autoscaling with `max_replicas` (Serve's
 `autoscaling_config`: `min_replicas` … `max_replicas`, `target_ongoing_requests = max_batch_images`,
@@ -279,7 +280,7 @@ class ServeRun:
 def run_serve(options: ServeOptions, run: ServeRun) -> str:
     """Serve `options` until `run.duration` passes or Ctrl-C (at once with `run.detach`); returns the URL."""
     url = start_server(options, ray_address=run.ray_address)
-    print(f"serving {options.display_name} at {url}  (API docs: {url}/docs)", flush=True)
+    print(f"serving {options.display_name} at {url}  (web page: {url}/, API docs: {url}/docs)", flush=True)
     if run.detach:
         return url
     try:
@@ -298,7 +299,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve generation and inpainting over HTTP (Ray Serve)",
-        description="Start Ray Serve with the MaskGIT sampler: POST /v1/generate, POST /v1/inpaint, "
+        description="Start Ray Serve with the MaskGIT sampler: a web page at /, POST /v1/generate, "
+        "POST /v1/inpaint (both can stream steps), POST /v1/images/generations (OpenAI-shaped), "
         "GET /v1/health, GET /v1/models, /docs. Blocks until Ctrl-C unless --duration or --detach.",
     )
     d = ServeOptions(transformer="-", tokenizer="-")
