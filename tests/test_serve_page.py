@@ -77,9 +77,12 @@ def _record_steps(page) -> None:
     page.evaluate(
         """() => {
             const grid = document.getElementById('grid');
+            window.stepsObserver?.disconnect();
             window.stepsReplaced = [];
-            new MutationObserver((records) => records.forEach((r) => window.stepsReplaced.push(r.oldValue)))
-                .observe(grid, {attributes: true, attributeOldValue: true, attributeFilter: ['data-steps']});
+            window.stepsObserver = new MutationObserver((records) =>
+                records.forEach((r) => window.stepsReplaced.push(r.oldValue)));
+            window.stepsObserver.observe(
+                grid, {attributes: true, attributeOldValue: true, attributeFilter: ['data-steps']});
         }"""
     )
 
