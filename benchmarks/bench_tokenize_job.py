@@ -16,10 +16,12 @@ The bare loop does the same work in one process without Ray: for each planned sh
 (read + decode + resize) then `TokenizeBatch.encode`; nothing is written. Its torch thread count is
 the faster of 1 and all cores (a loaded machine can punish multi-threading badly), and the job's
 actor gets the same count. Bare runs bracket each job run (mean of before and after) because the
-shared machine's load drifts. The job runs on a Ray started beforehand (cluster start-up excluded;
-actor start-up, planning and the store commit included) and writes a local Arrow store. Ratios:
-`ratio` over the whole run; `steady_ratio` between the first and the last shard commit (commit
-records' mtimes); `cpu_ratio` = bare CPU-s per image / job CPU-s per image, where the job's CPU counts
+shared machine's load drifts; the throughput part repeats bare, job, bare, job, ... (`--repeats`,
+each job between two bare runs) and reports medians. The job runs on a Ray started beforehand
+(cluster start-up excluded; actor start-up, planning and the store commit included) and writes a
+local Arrow store. Ratios: `ratio` end to end (the job's whole run, as `run_tokenize` times it);
+`first_commit_s` the seconds from the call to the first shard commit; `steady_ratio` between the
+first and the last shard commit (commit records' mtimes); `cpu_ratio` = bare CPU-s per image / job CPU-s per image, where the job's CPU counts
 this process and every process of its local Ray (GCS, raylet, workers): robust to the load, and it
 charges the job for all of Ray's own work.
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -134,18 +137,21 @@ def bare_loop(
     return result
 
 
-def steady_state_images_per_s(store: Path) -> float:
-    """Images/s between the first and the last shard commit (the commit records' mtimes): the job's
-    rate once actors are up, without the fixed start-up and commit costs."""
+def commit_times(store: Path, job_start: float) -> tuple[float, float]:
+    """(steady-state images/s, seconds from `job_start` to the first commit), from the commit records'
+    mtimes. The steady rate counts the images of every shard but the first over the time between the
+    first and the last commit: the job's rate once actors are up, without its fixed start-up and
+    commit costs."""
     import json
 
     records = []
     for path in (store / "_commits").glob("*.json"):
         records.append((path.stat().st_mtime, json.loads(path.read_text())["shard"]["num_samples"]))
     records.sort()
+    first = records[0][0] - job_start if records else float("nan")
     if len(records) < 2 or records[-1][0] <= records[0][0]:
-        return float("nan")
-    return sum(n for _, n in records[1:]) / (records[-1][0] - records[0][0])
+        return float("nan"), first
+    return sum(n for _, n in records[1:]) / (records[-1][0] - records[0][0]), first
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -160,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--threads-per-actor", type=int, default=None, help="default: the bare loop's")
     parser.add_argument("--bare-images", type=int, default=2000, help="images timed in each bare run")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="throughput jobs, each between two bare runs (medians)"
+    )
     args = parser.parse_args(argv)
     throughput_images = args.throughput_images or (300 if args.quick else 2000)
     memory_sizes = args.memory_sizes or ([200, 1000] if args.quick else [1000, 20000])
@@ -208,40 +217,65 @@ def main(argv: list[str] | None = None) -> dict:
         for part, preset, resolution, size in runs:
             probe = min(size, 300)
             threads = max(thread_choices, key=lambda t: bare(preset, resolution, probe, t).images_per_s)
+            repeats = args.repeats if part == "throughput" else 1
+            runs_of_part = []
             before = bare(preset, resolution, size, threads)
-            options = TokenizeOptions(
-                input=image_root(size),
-                output=str(work / f"store-{part}-{size}"),
-                tokenizer=tokenizers[preset],
-                resolution=resolution,
-                shard_size=args.shard_size,
-                batch_size=args.batch_size,
-                actors=args.actors,
-                threads_per_actor=args.threads_per_actor or threads,
-                progress=False,
-            )
-            with RayProcessMonitor() as monitor:
-                summary = run_tokenize(options)
-            after = bare(preset, resolution, size, threads)
-            bare_rate = (before.images_per_s + after.images_per_s) / 2
-            bare_cpu = (before.cpu_s_per_1k + after.cpu_s_per_1k) / 2
-            steady = steady_state_images_per_s(Path(options.output))
-            job_cpu = monitor.cpu_seconds / size * 1000
+            for repeat in range(repeats):  # bare, job, bare, job, ...: each job between two bare runs
+                options = TokenizeOptions(
+                    input=image_root(size),
+                    output=str(work / f"store-{part}-{size}-{repeat}"),
+                    tokenizer=tokenizers[preset],
+                    resolution=resolution,
+                    shard_size=args.shard_size,
+                    batch_size=args.batch_size,
+                    actors=args.actors,
+                    threads_per_actor=args.threads_per_actor or threads,
+                    progress=False,
+                )
+                job_start = time.time()
+                with RayProcessMonitor() as monitor:
+                    summary = run_tokenize(options)
+                after = bare(preset, resolution, size, threads)
+                bare_rate = (before.images_per_s + after.images_per_s) / 2
+                bare_cpu = (before.cpu_s_per_1k + after.cpu_s_per_1k) / 2
+                before = after
+                steady, first_commit = commit_times(Path(options.output), job_start)
+                runs_of_part.append(
+                    {
+                        "job_s": summary.seconds,
+                        "job_img_per_s": summary.images_per_s,
+                        "bare_img_per_s": bare_rate,
+                        "first_commit_s": first_commit,
+                        "ratio": summary.images_per_s / bare_rate,
+                        "steady_ratio": steady / bare_rate,
+                        "cpu_ratio": bare_cpu / (monitor.cpu_seconds / size * 1000),
+                        "peak_worker_rss_mib": max(monitor.workers.values(), default=0.0),
+                        "driver_peak_rss_mib": monitor.driver_mib,
+                    }
+                )
+                print(part, repeat, {k: round(v, 3) for k, v in runs_of_part[-1].items()}, flush=True)
+
+            def median(key: str, runs_of_part=runs_of_part) -> float:
+                return statistics.median(run[key] for run in runs_of_part)
+
             rows.append(
                 {
                     "part": part,
                     "encoder": f"{preset}@{resolution}",
                     "images": size,
                     "shards": summary.shards,
-                    "job_s": round(summary.seconds, 2),
-                    "job_img_per_s": round(summary.images_per_s, 1),
-                    "bare_img_per_s": round(bare_rate, 1),
+                    "repeats": repeats,
+                    "job_s": round(median("job_s"), 2),
+                    "first_commit_s": round(median("first_commit_s"), 2),
+                    "job_img_per_s": round(median("job_img_per_s"), 1),
+                    "bare_img_per_s": round(median("bare_img_per_s"), 1),
                     "threads": threads,
-                    "ratio": round(summary.images_per_s / bare_rate, 3),
-                    "steady_ratio": round(steady / bare_rate, 3),
-                    "cpu_ratio": round(bare_cpu / job_cpu, 3),
-                    "peak_worker_rss_mib": round(max(monitor.workers.values(), default=0.0), 1),
-                    "driver_peak_rss_mib": round(monitor.driver_mib, 1),
+                    "ratio": round(median("ratio"), 3),
+                    "ratios": " ".join(f"{run['ratio']:.2f}" for run in runs_of_part),
+                    "steady_ratio": round(median("steady_ratio"), 3),
+                    "cpu_ratio": round(median("cpu_ratio"), 3),
+                    "peak_worker_rss_mib": round(max(r["peak_worker_rss_mib"] for r in runs_of_part), 1),
+                    "driver_peak_rss_mib": round(max(r["driver_peak_rss_mib"] for r in runs_of_part), 1),
                 }
             )
             print(rows[-1], flush=True)

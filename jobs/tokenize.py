@@ -1,28 +1,34 @@
-"""`maskgit tokenize`: a Ray Data job that turns an image dataset into a token store, exactly once.
+"""`maskgit tokenize`: a Ray job that turns an image dataset into a token store, exactly once.
 
 The plan (pipeline.sources.plan_sources) is a pure function of the sorted input listing and the shard
 size, so every run of the same command computes the same shard tasks. The store's `_plan.json` pins
 the settings (tokenizer sha256, resolution, views, format, shard size, listing digest): a rerun with
 other settings is an error, not a silent mix. Shards whose commit record exists and whose object
-verifies are skipped; the others flow through a streaming Ray Data pipeline, one row per shard:
+verifies are skipped; the others stream through Ray, one shard at a time per stage:
 
-    shard task --map (CPU tasks)--> images, labels, rejects    read + decode + short-side resize + crop
-               --map_batches(_TokenizeShards, ActorPoolStrategy)--> tokens     VQGAN loaded once per actor
-               --map (CPU tasks)--> one shard object + its commit record (TokenStoreWriter.write_shard)
+    shard task --_prepare (CPU task)--> images, labels, rejects   read + decode + short-side resize + crop
+               --_TokenizeShards.encode (actor)--> tokens         VQGAN loaded once per actor
+               --_write (CPU task)--> one shard object + its commit record (TokenStoreWriter.write_shard)
 
-Memory stays bounded: one shard per block, Ray Data's backpressure keeps few blocks in flight, and the
-driver keeps only the small per-shard commit infos. `manifest.json` is written last, by the driver,
-after every shard is committed. Credentials come from the standard AWS environment or
-`--storage-options` and are never printed.
+The tokenizer actors are started before the driver lists the input (for a store without a manifest:
+a new or unfinished run), so their start-up (a fresh worker importing torch and loading the VQGAN:
+seconds) overlaps planning and the decoding of the first shards instead of preceding them.
+
+Memory stays bounded: a fixed number of shards is in flight (objects in Ray's store), and the driver
+keeps only the small per-shard commit infos. `manifest.json` is written last, by the driver, after
+every shard is committed. Credentials come from the standard AWS environment or `--storage-options`
+and are never printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import itertools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -33,10 +39,10 @@ from jobs.options import add_ray_address_argument, add_storage_options_argument,
 from jobs.ray_session import ray_session
 from pipeline.store import (
     FORMAT_VERSION,
+    MANIFEST_NAME,
     STORE_FORMATS,
     VIEWS,
     ShardCommit,
-    ShardInfo,
     StoreManifest,
     TokenShard,
     TokenStoreWriter,
@@ -70,7 +76,7 @@ class TokenizeOptions:
         storage_options: fsspec options for input, output and tokenizer (None = AWS environment).
         ray_address: cluster to join; None joins RAY_ADDRESS (as under `ray job submit`) or starts one.
         num_cpus: CPUs of a locally started Ray (None = all).
-        progress: show Ray Data's progress bars.
+        progress: show a progress bar of committed shards.
     """
 
     input: str
@@ -118,26 +124,25 @@ class TokenizeSummary(NamedTuple):
 # --- pipeline stages (run in Ray workers) ---------------------------------------------------------
 
 
-def _prepare_row(row: dict[str, Any], *, resolution: int, storage_options, class_map) -> dict[str, Any]:
-    """Shard task -> decoded, resized images (as raw bytes: one binary column, no tensor quirks)."""
+def _prepare(task_json: str, *, resolution: int, storage_options, class_map) -> dict[str, Any]:
+    """Shard task -> its decoded, resized images (n, R, R, 3) uint8, labels, ids and rejects."""
     from pipeline.sources import ShardTask, prepare_shard
 
-    task = ShardTask.from_json(row["task"])
+    task = ShardTask.from_json(task_json)
     shard = prepare_shard(task, resolution, storage_options=storage_options, class_map=class_map)
     return {
         "index": task.index,
-        "count": len(shard.labels),
-        "images": shard.images.tobytes(),  # (n, R, R, 3) uint8
-        "labels": shard.labels.astype(np.int64).tobytes(),
-        "image_ids": json.dumps(shard.image_ids.tolist()),
-        "rejects": json.dumps(shard.rejects),
+        "images": shard.images,
+        "labels": shard.labels.astype(np.int64),
+        "image_ids": shard.image_ids.tolist(),
+        "rejects": shard.rejects,
     }
 
 
 class _TokenizeShards:
-    """Actor: runs TokenizeBatch over each shard row's images (the VQGAN is loaded once)."""
+    """Actor: the VQGAN, loaded once (TokenizeBatch); `encode` turns one prepared shard into tokens."""
 
-    def __init__(self, tokenizer: str, *, flip, batch_size, resolution, threads, actors, storage_options):
+    def __init__(self, tokenizer: str, *, flip, batch_size, threads, actors, storage_options):
         from pipeline.tokenize import TokenizeBatch
 
         if threads is None:
@@ -147,90 +152,107 @@ class _TokenizeShards:
         self.stage = TokenizeBatch(
             tokenizer, flip=flip, batch_size=batch_size, num_threads=threads, storage_options=storage_options
         )
-        self.resolution = resolution
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tokens = []
-        for count, images in zip(batch["count"], batch["images"]):
-            pixels = np.frombuffer(bytearray(images), np.uint8)  # writable: torch warns on read-only arrays
-            pixels = pixels.reshape(int(count), self.resolution, self.resolution, 3)
-            tokens.append(self.stage({"images": pixels})["tokens"].tobytes())  # (n, V, h, w) uint16
-        result = {key: value for key, value in batch.items() if key != "images"}
-        result["tokens"] = np.array(tokens, dtype=object)
+    def encode(self, prepared: dict[str, Any]) -> dict[str, Any]:
+        """`_prepare`'s dict with "images" replaced by "tokens" (n, V, h, w) uint16."""
+        result = {key: value for key, value in prepared.items() if key != "images"}
+        result["tokens"] = self.stage.encode(prepared["images"])
         return result
 
 
-def _write_row(
-    row: dict[str, Any], *, output, store_format, num_views, grid, storage_options
-) -> dict[str, Any]:
-    """Tokens of one shard -> one shard object + commit record; returns the small commit info."""
-    count = int(row["count"])
-    labels = np.frombuffer(row["labels"], np.int64)
-    shard = TokenShard(
-        np.frombuffer(row["tokens"], np.uint16).reshape(count, num_views, *grid),
-        labels,
-        np.asarray(json.loads(row["image_ids"]), dtype=str),
-    )
-    rejects = json.loads(row["rejects"])
-    extra = {"max_label": int(labels.max()) if count else -1}
+def _write(encoded: dict[str, Any], *, output, store_format, storage_options) -> tuple[int, ShardCommit]:
+    """Tokens of one shard -> one shard object + its commit record; returns (index, commit)."""
+    labels = encoded["labels"]
+    shard = TokenShard(encoded["tokens"], labels, np.asarray(encoded["image_ids"], dtype=str))
+    extra = {"max_label": int(labels.max()) if len(labels) else -1}
     writer = TokenStoreWriter(output, storage_options)
-    info = writer.write_shard(int(row["index"]), shard, store_format, rejects, extra)
-    return {"index": int(row["index"]), "commit": json.dumps([info.to_dict(), rejects, extra])}
+    info = writer.write_shard(encoded["index"], shard, store_format, encoded["rejects"], extra)
+    return encoded["index"], ShardCommit(info, list(encoded["rejects"]), extra)
 
 
 # --- driver ---------------------------------------------------------------------------------------
 
 
-def _run_pending(options, pending, *, class_map, num_views, grid) -> dict[int, ShardCommit]:
+@contextlib.contextmanager
+def _tokenizer_actors(options: TokenizeOptions) -> Iterator[list]:
+    """Join or start Ray and start the tokenizer actors; they are killed (and a Ray this call started
+    is shut down) when the block ends. The actors load the VQGAN in the background: the caller plans
+    meanwhile, and the first `encode` call waits for its actor's start-up."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+
+    with ray_session(options.ray_address, num_cpus=options.num_cpus):
+        gpus = options.num_gpus_per_actor
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        actor_class = ray.remote(_TokenizeShards).options(
+            num_cpus=options.num_cpus_per_actor, num_gpus=gpus, max_restarts=3, max_task_retries=3
+        )
+        actors = [
+            actor_class.remote(
+                options.tokenizer,
+                flip=options.flip,
+                batch_size=options.batch_size,
+                threads=options.threads_per_actor,
+                actors=options.actors,
+                storage_options=options.storage_options,
+            )
+            for _ in range(options.actors)
+        ]
+        try:
+            yield actors
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
+
+def _run_pending(options: TokenizeOptions, actors: list, pending, *, class_map) -> dict[int, ShardCommit]:
+    """Stream the pending shard tasks through prepare (CPU tasks) -> an actor's encode -> write (tasks).
+
+    At most `2 · actors + 2` shards are in flight (submitted, not committed), which bounds memory and
+    keeps each actor's next shard decoded before it finishes the current one. Each shard goes to the
+    actor with the fewest shards in flight.
+    """
+    import ray
     from tqdm import tqdm
 
-    context = DataContext.get_current()
-    context.enable_progress_bars = options.progress
-    gpus = options.num_gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     so = options.storage_options
-    rows = [{"index": task.index, "task": task.to_json()} for task in pending]
-    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # one shard task per block
-    dataset = dataset.map(
-        _prepare_row,
-        fn_kwargs={"resolution": options.resolution, "storage_options": so, "class_map": class_map},
-    )
-    dataset = dataset.map_batches(
-        _TokenizeShards,
-        batch_size=1,
-        compute=ActorPoolStrategy(size=options.actors),
-        num_cpus=options.num_cpus_per_actor,
-        num_gpus=gpus,
-        fn_constructor_args=(options.tokenizer,),
-        fn_constructor_kwargs={
-            "flip": options.flip,
-            "batch_size": options.batch_size,
-            "resolution": options.resolution,
-            "threads": options.threads_per_actor,
-            "actors": options.actors,
-            "storage_options": so,
-        },
-    )
-    dataset = dataset.map(
-        _write_row,
-        num_cpus=0.1,  # I/O bound: do not take a core from decoding or encoding
-        fn_kwargs={
-            "output": options.output,
-            "store_format": options.store_format,
-            "num_views": num_views,
-            "grid": grid,
-            "storage_options": so,
-        },
-    )
+    prepare = ray.remote(_prepare).options(num_cpus=1)
+    write = ray.remote(_write).options(num_cpus=0.1)  # I/O bound: leaves the cores to decoding, encoding
+    load = [0] * len(actors)
+    in_flight: dict[Any, int] = {}  # commit ref -> actor index
+
+    def submit(task) -> None:
+        actor = min(range(len(actors)), key=load.__getitem__)
+        prepared = prepare.remote(
+            task.to_json(), resolution=options.resolution, storage_options=so, class_map=class_map
+        )
+        encoded = actors[actor].encode.remote(prepared)
+        ref = write.remote(
+            encoded, output=options.output, store_format=options.store_format, storage_options=so
+        )
+        in_flight[ref] = actor
+        load[actor] += 1
+
+    tasks = iter(pending)
     commits: dict[int, ShardCommit] = {}
-    with tqdm(total=len(pending), desc="shards committed", unit="shard", disable=not options.progress) as bar:
-        for row in dataset.iter_rows():
-            info, rejects, extra = json.loads(row["commit"])
-            commits[int(row["index"])] = ShardCommit(ShardInfo.from_dict(info), rejects, extra)
-            bar.update(1)
+    try:
+        for task in itertools.islice(tasks, 2 * len(actors) + 2):
+            submit(task)
+        bar = tqdm(total=len(pending), desc="shards committed", unit="shard", disable=not options.progress)
+        with bar:
+            while in_flight:
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in done:
+                    load[in_flight.pop(ref)] -= 1
+                    index, commit = ray.get(ref)
+                    commits[index] = commit
+                    bar.update(1)
+                    task = next(tasks, None)
+                    if task is not None:
+                        submit(task)
+    finally:
+        for ref in in_flight:  # after an error: stop the rest (a finished shard stays committed)
+            ray.cancel(ref)
     return commits
 
 
@@ -326,26 +348,30 @@ def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
         ValueError: bad settings, or an existing store begun with other settings (StoreSettingsError).
     """
     started = time.perf_counter()
-    plan = _plan(options)
-    tasks = plan.sources.tasks
     writer = TokenStoreWriter(options.output, options.storage_options)
-    writer.ensure_plan(plan.settings)
-    commits = _verified_commits(writer, [task.index for task in tasks])
-    pending = [task for task in tasks if task.index not in commits]
-    log.info(
-        "tokenize %s -> %s: %d shards planned, %d already committed, %d to do",
-        plan.sources.sources[0],
-        options.output,
-        len(tasks),
-        len(commits),
-        len(pending),
-    )
-    written = {}
-    if pending:
-        with ray_session(options.ray_address, num_cpus=options.num_cpus):
-            written = _run_pending(
-                options, pending, class_map=plan.class_map, num_views=len(plan.views), grid=plan.grid
-            )
+    with contextlib.ExitStack() as stack:
+        actors = None
+        if not writer.fs.exists(f"{writer.root}/{MANIFEST_NAME}"):
+            # A new or unfinished store has work to do: the actors start up while the driver plans.
+            actors = stack.enter_context(_tokenizer_actors(options))
+        plan = _plan(options)
+        tasks = plan.sources.tasks
+        writer.ensure_plan(plan.settings)
+        commits = _verified_commits(writer, [task.index for task in tasks])
+        pending = [task for task in tasks if task.index not in commits]
+        log.info(
+            "tokenize %s -> %s: %d shards planned, %d already committed, %d to do",
+            plan.sources.sources[0],
+            options.output,
+            len(tasks),
+            len(commits),
+            len(pending),
+        )
+        written = {}
+        if pending:
+            if actors is None:
+                actors = stack.enter_context(_tokenizer_actors(options))
+            written = _run_pending(options, actors, pending, class_map=plan.class_map)
     missing = [task.index for task in pending if task.index not in written]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} produced no commit; rerun the same command to resume")
