@@ -4,6 +4,14 @@ Defaults follow the reference's recipe (docs/reference.md#training-recipe): Adam
 (0.9, 0.96), weight decay 1e-5, gradient clipping 1.0. The optimizer is DeepSpeed's torch-AdamW path
 (`torch_adam: true`), which needs no JIT-compiled fused kernel on CPU; fp16 is not offered (DeepSpeed
 refuses it on CPU, and bf16 is the better choice on every accelerator this job targets).
+
+bf16 is DeepSpeed's `torch_autocast` section, not its `bf16` section. The `bf16` section casts the whole
+model to bf16 (LayerNorm, softmax, residual adds and the embedding backward run in bf16, which on CPU
+is slower than fp32) and keeps a second, fp32 master copy in the optimizer that it copies to and from
+every step. `torch_autocast` keeps the fp32 parameters and gradients and runs the forward under
+`torch.autocast(dtype=bfloat16)`, as a plain bf16 PyTorch loop does: matmuls in bf16, reductions and
+normalisations in fp32. Gradients are reduced across workers in fp32 (no module is listed as safe for
+bf16 communication), so a bf16 run differs from an fp32 run only in its forward's matmuls.
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ def build_deepspeed_config(
         micro_batch_size: samples per worker per forward/backward.
         grad_accum_steps: micro-batches per optimizer step.
         zero_stage: 1, 2 or 3.
-        precision: "fp32" or "bf16" (bf16 keeps fp32 master weights in the optimizer).
+        precision: "fp32" or "bf16" (bf16: autocast forward over fp32 weights and gradients).
         optimizer: AdamW and LR-schedule settings.
 
     Returns:
@@ -80,7 +88,12 @@ def build_deepspeed_config(
         "gradient_accumulation_steps": grad_accum_steps,
         "gradient_clipping": optimizer.grad_clip,
         "zero_optimization": {"stage": zero_stage},
-        "bf16": {"enabled": precision == "bf16"},
+        # bf16 = autocast over fp32 weights (module docstring); never the "bf16" section.
+        "torch_autocast": {
+            "enabled": precision == "bf16",
+            "dtype": "bfloat16",
+            "lower_precision_safe_modules": [],
+        },
         "optimizer": {
             "type": "AdamW",
             "params": {
