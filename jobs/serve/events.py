@@ -28,7 +28,7 @@ import numpy as np
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from jobs.serve.engine import JobFailure, JobOutput, SampleJob
+from jobs.serve.engine import JobFailure, JobOutput
 from jobs.serve.engine import StepEvent as SamplerStep
 
 logger = logging.getLogger(__name__)
@@ -150,9 +150,7 @@ async def event_stream(
         yield sse("error", {"error": "the sampler is unavailable; retry later", "details": [], "status": 503})
 
 
-def streaming_response(
-    updates: AsyncIterator[Any], job: SampleJob, finish: Callable[[JobOutput], Any]
-) -> StreamingResponse:
-    """A 200 `text/event-stream` answer for `job` (proxies are asked not to buffer it)."""
+def streaming_response(updates: AsyncIterator[Any], finish: Callable[[JobOutput], Any]) -> StreamingResponse:
+    """A 200 `text/event-stream` answer of a job's `updates` (proxies are asked not to buffer it)."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(event_stream(updates, finish), media_type=MEDIA_TYPE, headers=headers)

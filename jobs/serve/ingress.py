@@ -249,8 +249,8 @@ def build_http_app(sampler: Sampler, info: dict[str, Any], options: ServeOptions
         title="MaskGIT sampler",
         version="1",
         description="Class-conditional generation and inpainting with a MaskGIT transformer + VQGAN. "
-        "Requests with the same knobs are batched together; image i of a request uses seed + i, so "
-        "results do not depend on batching. Every error answer is JSON. A web page is served at /.",
+        "Concurrent requests share the sampler's forward passes; image i of a request uses seed + i, so "
+        "results do not depend on what else runs. Every error answer is JSON. A web page is served at /.",
     )
     checker = _RequestChecker(info, options)
     models = deployment_models(options, info)
@@ -278,7 +278,7 @@ def build_http_app(sampler: Sampler, info: dict[str, Any], options: ServeOptions
         if not request.stream:
             return _response(info, base_seed, job, await _run(job))
         finish = functools.partial(_response, info, base_seed, job)
-        return events.streaming_response(sampler.stream(job, request.previews), job, finish)
+        return events.streaming_response(sampler.stream(job, request.previews), finish)
 
     @app.post("/v1/generate", response_model=SampleResponse, responses=errors)
     async def generate(request: models.generate) -> SampleResponse:

@@ -5,10 +5,13 @@ replicas, GPUs); `maskgit serve` flags, the `args:` of `jobs/serve/config.yaml` 
 `serve run jobs.serve.app:app_builder key=value` all end up here, so unknown or mistyped keys fail in one
 place with a message that names them.
 
-The request models forbid unknown fields and check every knob whose range does not depend on the
-loaded model; the ingress (`jobs/serve/ingress.py`) checks the rest (class ids against the model's
-classes, `steps` and image counts against the limits, image sizes against the model's resolution).
-No request field names a server-side path: clients send numbers and base64 images only.
+The request models forbid unknown fields and state every rule that holds for any deployment: types
+(strict: no "3" for 3), knob ranges, enums, and the one-of rules (`class_ids` or `class_id`; `box` or
+`mask`) both as validators and in their JSON Schema. `jobs/serve/limits.py` subclasses them with one
+deployment's bounds (steps, images per request, the model's classes and size), so the OpenAPI
+document states every rule the server enforces; the ingress decodes images and checks what no schema
+can (a decodable image at the model's size, a mask that selects something). No request field names a
+server-side path: clients send numbers and base64 images only.
 
 Seeds: a request with seed s (drawn by the server when absent, and returned) samples its i-th image
 with seed s + i, so the same request gives the same images whether or not the server batched it
