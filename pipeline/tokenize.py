@@ -2,8 +2,8 @@
 
 `TokenizeBatch` follows docs/architecture.md#conventions (item 8) and Ray's batch-inference examples:
 `__init__` loads the VQGAN once, `__call__(batch)` transforms one batch dict, and resources (GPUs,
-actor count, batch size) are chosen where Ray's `map_batches` is called, in jobs/tokenize.py. It runs
-without Ray.
+actor count, batch size) are chosen where Ray runs it, in the tokenize job's actors (jobs/tokenize.py).
+It runs without Ray.
 
 The model input is the reference's normalisation x / 127.5 - 1 (`pipeline.images.to_model_input`).
 With `flip=True` a second view holds the tokens of the horizontally flipped image (not the flipped
