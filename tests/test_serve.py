@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,20 +25,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import requests
-import torch
 import yaml
 from PIL import Image
+from serve_helpers import free_port, train_tiny_models
 
 from jobs.serve.engine import JobFailure, SampleJob, SamplerEngine
-from pipeline.images import encode_png, to_model_input
-from tokenizer import VQGAN, preset, save_vqgan
-from transformer import (
-    MaskTransformer,
-    SamplingConfig,
-    TransformerConfig,
-    masked_token_loss,
-    save_transformer,
-)
+from pipeline.images import encode_png
+from transformer import SamplingConfig
 
 TRAIN_STEPS = 150
 SAMPLING = SamplingConfig(steps=4, gumbel_temperature=1.0, cfg_weight=1.0)
@@ -48,45 +40,12 @@ SAMPLING = SamplingConfig(steps=4, gumbel_temperature=1.0, cfg_weight=1.0)
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory, fashion_mnist_small):
     """A random-init tiny VQGAN and a tiny transformer trained briefly on its tokens of 200 real
-    Fashion-MNIST images, saved in our folder formats."""
+    Fashion-MNIST images, saved in our folder formats (tests/serve_helpers.py)."""
     images, labels = fashion_mnist_small  # (200, 32, 32, 3) uint8
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on two shared cores are several times slower here
-    try:
-        torch.manual_seed(0)
-        vqgan = VQGAN(preset("tiny-f4")).eval()
-        tokens = vqgan.encode_to_indices(to_model_input(images))  # (200, 8, 8)
-        config = TransformerConfig(
-            codebook_size=vqgan.config.codebook_size,
-            grid_size=tokens.shape[-1],
-            num_classes=10,
-            hidden_size=64,
-            depth=2,
-            num_heads=4,
-            mlp_size=256,
-            dropout=0.0,
-        )
-        model = MaskTransformer(config)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-        generator = torch.Generator().manual_seed(0)
-        class_ids = torch.as_tensor(labels)
-        losses = []
-        for _ in range(TRAIN_STEPS):
-            index = torch.randint(0, len(tokens), (32,), generator=generator)
-            loss = masked_token_loss(model, tokens[index], class_ids[index], generator=generator).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-    finally:
-        torch.set_num_threads(threads)
-    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5]), "the fixture model did not train"
     root = tmp_path_factory.mktemp("serve_models")
-    save_vqgan(vqgan, root / "tokenizer")
-    save_transformer(model.eval(), root / "transformer", sampling=SAMPLING)
-    return SimpleNamespace(
-        transformer=str(root / "transformer"), tokenizer=str(root / "tokenizer"), root=root, images=images
-    )
+    models = train_tiny_models(root, images, labels, steps=TRAIN_STEPS, sampling=SAMPLING)
+    assert np.mean(models.losses[-20:]) < 0.5 * np.mean(models.losses[:5]), "the fixture model did not train"
+    return models
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +121,6 @@ def test_engine_bad_job_fails_alone(engine):
 # Over HTTP
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_models, s3_server):
     """The service on 127.0.0.1 via `start_server`, in a local Ray cluster of this process, reading both
@@ -198,7 +151,7 @@ def server(tiny_models, s3_server):
         transformer=urls["transformer"],
         tokenizer=urls["tokenizer"],
         model_name="tiny-fashion",
-        port=_free_port(),
+        port=free_port(),
         max_batch_images=32,
         batch_wait_timeout_s=0.1,
         max_images_per_request=8,
@@ -493,7 +446,7 @@ def test_serve_run_with_the_config_file(tiny_models, tmp_path):
     document = yaml.safe_load(
         (Path(__file__).resolve().parents[1] / "jobs" / "serve" / "config.yaml").read_text()
     )
-    port = _free_port()
+    port = free_port()
     document["http_options"]["port"] = port
     document["applications"][0]["args"].update(
         transformer=tiny_models.transformer, tokenizer=tiny_models.tokenizer
