@@ -101,7 +101,9 @@ class ClassNames:
     def __init__(self, names: Sequence[str] | None, num_classes: int):
         self.names = list(names) if names else None
         self.num_classes = num_classes
-        self._by_name = {fold_case(name): i for i, name in enumerate(self.names or [])}
+        self._by_name: dict[str, int] = {}
+        for index, name in enumerate(self.names or []):
+            self._by_name.setdefault(fold_case(name), index)  # a name two classes share: the first
 
     def name(self, class_id: int) -> str:
         return self.names[class_id] if self.names else f"class {class_id}"
