@@ -98,10 +98,17 @@ def serve_app(options) -> Iterator[str]:
     from jobs.serve.app import start_server, stop_server
 
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
-    ray.init(
-        address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp_dir,
-        logging_level=logging.WARNING,
-    )  # fmt: skip
+    for attempt in range(2):
+        try:
+            ray.init(
+                address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp_dir,
+                logging_level=logging.WARNING,
+            )  # fmt: skip
+            break
+        except Exception as error:  # Ray gives its raylet a fixed 30 s to start: once more on a busy machine
+            ray.shutdown()
+            if attempt or "timed out during startup" not in str(error):
+                raise
     try:
         yield start_server(options)
     finally:
