@@ -190,26 +190,25 @@ class SamplerEngine:
         init = None
         if group[0].kind == "inpaint":
             counts = torch.tensor([job.num_images for job in group])
-            known = pipe.encode(np.stack([job.image for job in group])).cpu()  # (J, h, w)
+            known = torch.cat([pipe.encode(job.image[None]).cpu() for job in group])  # (J, h, w), a call each
             region = torch.from_numpy(np.stack([job.region for job in group]))  # (J, h, w)
             init = torch.where(region, pipe.config.mask_token_id, known).repeat_interleave(counts, dim=0)
         sampling = group[0].sampling
         tokens = pipe.sample_tokens(class_ids, seeds=seeds, sampling=sampling, init_tokens=init).tokens.cpu()
-        want_png = torch.tensor([job.output == "png" for job in group for _ in job.seeds])
-        decoded = pipe.decode(tokens[want_png]) if bool(want_png.any()) else None  # (B', H, W, 3)
-        tokens = tokens.numpy()  # (B, h, w)
-        outputs, start, png_start = [], 0, 0
+        # Each job's images get a decoder call of their own: the decoder's last bits depend on its batch
+        # (see generation/continuous.py), and a job's pixels must not depend on the others.
+        outputs, start = [], 0
         for job in group:
             stop = start + job.num_images
             if job.output == "png":
-                pictures = decoded[png_start : png_start + job.num_images]
-                png_start += job.num_images
+                pictures = pipe.decode(tokens[start:stop])  # (B_job, H, W, 3)
                 if job.kind == "inpaint":  # the same blend as `maskgit sample`
                     pictures = blend_into(pictures, job.image, job.region)
                 pngs = [encode_png(picture) for picture in pictures]
                 outputs.append(JobOutput(pngs=pngs, tokens=None, batch_images=len(seeds)))
             else:
-                outputs.append(JobOutput(pngs=None, tokens=tokens[start:stop], batch_images=len(seeds)))
+                grids = tokens[start:stop].numpy()  # (B_job, h, w)
+                outputs.append(JobOutput(pngs=None, tokens=grids, batch_images=len(seeds)))
             start = stop
         return outputs
 
