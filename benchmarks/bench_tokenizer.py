@@ -34,16 +34,14 @@ import argparse
 import contextlib
 import copy
 import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from benchmarks.common import write_result
+from benchmarks.common import bf16_kernels_available, cpu_flags, cpu_model, write_result
 from benchmarks.taming_baseline import AttnBlock as ReferenceAttnBlock
 from benchmarks.taming_baseline import TamingVQGAN
 from tokenizer.config import preset
@@ -62,38 +60,6 @@ def input_images(batch: int, size: int) -> torch.Tensor:
     except FileNotFoundError:
         pixels = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def bf16_kernels_available(device: torch.device) -> bool:
-    """Whether bf16 convolutions / matmuls have fast kernels here (oneDNN bf16 on CPU, any CUDA GPU)."""
-    if device.type == "cuda":
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def cpu_flags() -> str:
-    """The CPU's vector / matrix extensions that bf16 speed depends on, e.g. 'avx2 avx512_bf16 amx_bf16'."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next(line for line in handle if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return platform.machine()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx_vnni")
-    return " ".join(flag for flag in wanted if flag in flags) or "none of avx2/avx512/amx"
-
-
-def cpu_model() -> str:
-    """`lscpu`'s model name, family and model numbers (what generation of CPU this is)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return platform.processor()
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    get = lambda key: fields.get(key, "?").strip()  # noqa: E731
-    return f"{get('Model name')} (family {get('CPU family')} model {get('Model')}, {get('CPU(s)')} CPUs)"
 
 
 def sync(device: torch.device) -> None:
@@ -335,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     size, batch, repeats = (64, 1, 1) if args.quick else (args.size, args.batch, args.repeats)
-    bf16_fast = bf16_kernels_available(device)
+    bf16_fast = bf16_kernels_available(device.type)
     print(
         f"{cpu_model()}; flags: {cpu_flags()}; bf16 kernels: {bf16_fast}; threads {torch.get_num_threads()}"
     )

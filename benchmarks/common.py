@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -41,8 +42,54 @@ def machine_description() -> dict:
         "gpu": gpu,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "bf16_kernels": bf16_kernels_available("cuda" if gpu else "cpu"),
         "python": platform.python_version(),
     }
+
+
+def cpu_flags() -> str:
+    """The CPU extensions bf16 speed depends on (from /proc/cpuinfo), e.g. 'avx2 avx512_bf16 amx_bf16'."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next(line for line in handle if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return platform.machine()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx_vnni")
+    return " ".join(flag for flag in wanted if flag in flags) or "none of avx2/avx512/amx"
+
+
+def cpu_model() -> str:
+    """`lscpu`'s model name with its family and model numbers (which CPU generation this is)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return platform.processor() or platform.machine()
+    fields = {
+        key.strip(): value.strip()
+        for key, value in (line.split(":", 1) for line in out.splitlines() if ":" in line)
+    }
+    return (
+        f"{fields.get('Model name', '?')} (family {fields.get('CPU family', '?')} model "
+        f"{fields.get('Model', '?')}, {fields.get('CPU(s)', '?')} CPUs)"
+    )
+
+
+def bf16_kernels_available(device_type: str = "cpu") -> bool:
+    """Whether bf16 convolutions and matmuls have fast kernels (oneDNN bf16 on CPU; any CUDA GPU).
+
+    Without them (AVX2-only CPUs) torch runs bf16 through scalar fallback loops tens of times slower
+    than fp32, so a bf16 benchmark there measures the fallback, not the model.
+    """
+    import torch
+
+    if device_type == "cuda":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
