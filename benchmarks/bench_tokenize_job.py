@@ -21,9 +21,9 @@ each job between two bare runs) and reports medians. The job runs on a Ray start
 (cluster start-up excluded; actor start-up, planning and the store commit included) and writes a
 local Arrow store. Ratios: `ratio` end to end (the job's whole run, as `run_tokenize` times it);
 `first_commit_s` the seconds from the call to the first shard commit; `steady_ratio` between the
-first and the last shard commit (commit records' mtimes); `cpu_ratio` = bare CPU-s per image / job CPU-s per image, where the job's CPU counts
-this process and every process of its local Ray (GCS, raylet, workers): robust to the load, and it
-charges the job for all of Ray's own work.
+first and the last shard commit (commit records' mtimes); `cpu_ratio` = bare CPU-s per image / job
+CPU-s per image, where the job's CPU counts this process and every process of its local Ray (GCS,
+raylet, workers): robust to the load, and it charges the job for all of Ray's own work.
 
 Memory: a sampler thread reads the RSS of every Ray worker that descends from this process (other
 users' Ray processes are not counted) every 0.2 s with psutil; `peak_worker_rss_mib` is the largest
