@@ -336,7 +336,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"{ratio('decode', 'fp32', key='speedup_cpu')} CPU time."
         + ("" if bf16_fast else " bf16: this machine has no bf16 kernels; see the 64 px probe rows.")
     )
-    return write_result("tokenizer_quick" if args.quick else "tokenizer", rows, notes=notes)
+    columns = ["model", "operation", "variant", "precision", "size", "batch", "images_per_s", "speedup_wall"]
+    columns += ["speedup_cpu", "wall_s", "cpu_s", "load_1m", "index_agreement", "compile_s", "probe"]
+    return write_result("tokenizer_quick" if args.quick else "tokenizer", rows, notes=notes, columns=columns)
 
 
 if __name__ == "__main__":
