@@ -1,4 +1,4 @@
-"""The fast VQGAN path (channels-last, fused attention) gives the plain reference computation's tokens.
+"""The fast VQGAN path (fused attention, channels-last opt-in) gives the plain reference's tokens.
 
 `benchmarks.taming_baseline.TamingVQGAN` re-states taming's modules as the reference runs them (NCHW,
 GroupNorm modules, bmm attention) and is the baseline `benchmarks/bench_tokenizer.py` times; here it
@@ -38,7 +38,6 @@ def test_fast_path_matches_the_plain_reference_on_real_images(fashion_mnist, nam
         codes = pool[picks] + 0.01 * pool.std() * torch.randn(model.config.n_embed, pool.shape[1])
         model.quantize.embedding.weight.copy_(codes)
     baseline.load_state_dict(model.state_dict())
-    assert model.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
     images = _images(fashion_mnist, 0, count, size)
     ours, reference = model.encode_to_indices(images), baseline.encode_to_indices(images)
@@ -51,14 +50,13 @@ def test_fast_path_matches_the_plain_reference_on_real_images(fashion_mnist, nam
     torch.testing.assert_close(decoded, expected, atol=2e-4, rtol=1e-4)
 
 
-def test_channels_last_weights_survive_load_and_save_contiguous_copies():
+def test_channels_last_layout_gives_the_same_tokens():
+    """The opt-in channels-last layout (the benchmark's lever) computes the same model."""
     torch.manual_seed(0)
-    source = VQGAN(preset("tiny-f4"))
-    target = VQGAN(preset("tiny-f4"))
-    target.load_state_dict({k: v.contiguous() for k, v in source.state_dict().items()})
-    weight = target.decoder.conv_out.weight
-    assert weight.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(weight, source.decoder.conv_out.weight)
-    # An NCHW caller still gets NCHW-contiguous latents back.
-    latents = target.encode_to_latents(torch.rand(2, 3, 32, 32) * 2 - 1)
-    assert latents.is_contiguous()
+    model = VQGAN(preset("tiny-f4")).eval()
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    indices = model.encode_to_indices(images)
+    decoded = model.decode_from_indices(indices)
+    model.to(memory_format=torch.channels_last)
+    assert torch.equal(model.encode_to_indices(images.contiguous(memory_format=torch.channels_last)), indices)
+    torch.testing.assert_close(model.decode_from_indices(indices), decoded, atol=1e-5, rtol=1e-5)

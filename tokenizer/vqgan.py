@@ -4,9 +4,7 @@ Follows taming `modules/diffusionmodules/model.py` (Encoder, Decoder, ResnetBloc
 Downsample) and `modules/vqvae/quantize.py` (VectorQuantizer2, legacy=True), as described in
 docs/reference.md#tokenizer, so the released `vqgan_imagenet_f16_1024` state dict loads
 1:1 (see `convert.py`). Attention uses `scaled_dot_product_attention`, which computes the reference's
-single-head softmax(q·kᵀ/√C)·v with the same q, k, v, proj_out 1×1 convs. Conv weights and feature
-maps are channels-last (NHWC in memory; shapes and state-dict tensors unchanged), which the CPU and
-GPU convolution libraries run without per-layer re-layouts; inputs and outputs stay plain contiguous.
+single-head softmax(q·kᵀ/√C)·v with the same q, k, v, proj_out 1×1 convs.
 
 Images are float (B, 3, H, W) in [-1, 1] (the valeoai convention, 2x − 1 of [0, 1] pixels). Decoder
 output is not clamped, as in the reference.
@@ -134,12 +132,11 @@ class AttnBlock(nn.Module):
         h = self.norm(x)
 
         def tokens(conv: nn.Conv2d) -> torch.Tensor:
-            # (B, H, W, C) is how a channels-last map is stored, so this is a view, not a copy.
-            return conv(h).permute(0, 2, 3, 1).reshape(b, 1, height * width, c)  # (B, 1, HW, C)
+            return conv(h).reshape(b, 1, c, height * width).transpose(2, 3)  # (B, 1, HW, C)
 
         # softmax(q kᵀ / √C) v, the reference's bmm formulation, as one fused kernel.
         attended = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v))
-        attended = attended.reshape(b, height, width, c).permute(0, 3, 1, 2)  # (B, C, H, W) channels-last
+        attended = attended.transpose(2, 3).reshape(b, c, height, width)  # (B, C, H, W)
         return x + self.proj_out(attended)
 
 
@@ -331,10 +328,6 @@ class VQGAN(nn.Module):
         self.quantize = VectorQuantizer(config.n_embed, config.embed_dim, config.beta)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, kernel_size=1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, kernel_size=1)
-        # Channels-last conv weights and feature maps: oneDNN / cuDNN run NHWC convolutions without
-        # re-laying out every activation (benchmarks/bench_tokenizer.py measures the gain). Loading a
-        # state dict copies into these tensors and keeps the layout; saving writes contiguous copies.
-        self.to(memory_format=torch.channels_last)
 
     @property
     def last_decoder_layer(self) -> nn.Parameter:
@@ -344,13 +337,11 @@ class VQGAN(nn.Module):
     def encode_to_latents(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) images in [-1, 1] -> (B, D, h, w) pre-quantisation latents."""
         check_images(images, self.config)
-        latents = self.quant_conv(self.encoder(images.contiguous(memory_format=torch.channels_last)))
-        return latents.contiguous()  # (B, D, h, w)
+        return self.quant_conv(self.encoder(images))
 
     def decode_from_latents(self, quantized: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) (quantised) latents -> (B, C_out, H, W) images, not clamped."""
-        quantized = quantized.contiguous(memory_format=torch.channels_last)
-        return self.decoder(self.post_quant_conv(quantized)).contiguous()  # (B, C_out, H, W)
+        return self.decoder(self.post_quant_conv(quantized))
 
     @torch.no_grad()
     def encode_to_indices(self, images: torch.Tensor) -> torch.Tensor:
