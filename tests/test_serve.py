@@ -269,10 +269,23 @@ def _tiles(grid: np.ndarray, count: int, *, columns: int, size: int = 32, pad: i
 def test_pipeline_cli_and_http_give_identical_images(server, tmp_path):
     """The same seeds give the same pixels through `MaskGIT`, `maskgit sample` and the HTTP API
     (which reads its models from S3): generation and inpainting."""
+    import torch
+
+    models = server.models
+    # Same device and thread count as the replica (Ray gives it num_cpus = 1 thread): float sums in the
+    # decoder's convolutions are ordered by the thread split, and a pixel could differ by one level.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _compare_pipeline_cli_and_http(server, models, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_pipeline_cli_and_http(server, models, tmp_path) -> None:
     from generation import MaskGIT
     from jobs.cli import main as cli_main
 
-    models = server.models
     pipe = MaskGIT.load(models.transformer, models.tokenizer, device="cpu")
     direct = pipe.generate([4, 0, 9], seeds=21).images
     out = tmp_path / "grid.png"
