@@ -27,6 +27,7 @@ import torch
 
 from tokenizer.config import LlamaGenVQConfig
 from tokenizer.llamagen import LlamaGenVQ
+from weights.strict import check_layout, shorten_keys
 
 STATE_DICT_ENTRIES = ("model", "ema", "state_dict")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -45,39 +46,6 @@ def expected_shapes(config: LlamaGenVQConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = LlamaGenVQ(config)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
-
-
-def check_state_dict(
-    state_dict: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: str
-) -> None:
-    """Raise ValueError naming every missing, unexpected and mis-shaped key.
-
-    Args:
-        state_dict: tensors to check.
-        expected: key -> shape (from `expected_shapes`).
-        source: what the tensors come from, for the message.
-    """
-    problems = []
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    mis_shaped = [
-        f"{key} {tuple(state_dict[key].shape)} (expected {shape})"
-        for key, shape in expected.items()
-        if key in state_dict and tuple(state_dict[key].shape) != shape
-    ]
-    if missing:
-        problems.append(f"missing keys {_shorten(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_shorten(unexpected)}")
-    if mis_shaped:
-        problems.append(f"shape mismatch {_shorten(mis_shaped)}")
-    if problems:
-        raise ValueError(f"{source} does not match the LlamaGen VQ layout: " + "; ".join(problems))
-
-
-def _shorten(items: list[str], limit: int = 12) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
 def _refuse_other_families(state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -183,7 +151,7 @@ def _state_dict_of(payload: Any, source: str) -> dict[str, torch.Tensor]:
             state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}
     not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
-        raise ValueError(f"{source}: entries that are not tensors: {_shorten(not_tensors)}")
+        raise ValueError(f"{source}: entries that are not tensors: {shorten_keys(not_tensors)}")
     return state_dict
 
 
@@ -211,7 +179,7 @@ def read_llamagen_checkpoint(
     _refuse_other_families(state_dict, str(path))
     if config is None:
         config = infer_llamagen_config(state_dict, source=str(path))
-    check_state_dict(state_dict, expected_shapes(config), str(path))
+    check_layout(state_dict, expected_shapes(config), str(path), what="the LlamaGen VQ layout")
     return LlamaGenCheckpoint(config=config, state_dict=state_dict)
 
 

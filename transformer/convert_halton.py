@@ -28,6 +28,7 @@ import torch
 
 from transformer.config import HALTON_SIZES, HaltonConfig
 from transformer.halton import HaltonTransformer
+from weights.strict import check_layout
 
 REFERENCE_DROPOUT = 0.1  # training value of the released models; inference ignores it
 _WRAPPER_SUBSTRINGS = ("module.", "_orig_mod.")
@@ -46,39 +47,6 @@ def expected_shapes(config: HaltonConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = HaltonTransformer(config)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
-
-
-def _shorten(items: list[str], limit: int = 12) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
-def check_state_dict(
-    state_dict: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: str
-) -> None:
-    """Raise ValueError naming every missing, unexpected and mis-shaped key.
-
-    Args:
-        state_dict: tensors to check.
-        expected: key -> shape (from `expected_shapes`).
-        source: what the tensors come from, for the message.
-    """
-    problems = []
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    mis_shaped = [
-        f"{key} {tuple(state_dict[key].shape)} (expected {shape})"
-        for key, shape in expected.items()
-        if key in state_dict and tuple(state_dict[key].shape) != shape
-    ]
-    if missing:
-        problems.append(f"missing keys {_shorten(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_shorten(unexpected)}")
-    if mis_shaped:
-        problems.append(f"shape mismatch {_shorten(mis_shaped)}")
-    if problems:
-        raise ValueError(f"{source} does not match the Halton transformer layout: " + "; ".join(problems))
 
 
 def _refuse_other_families(state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -222,7 +190,7 @@ def read_halton_checkpoint(
     _refuse_other_families(state_dict, str(path))
     if config is None:
         config = infer_halton_config(state_dict, num_heads=num_heads, source=str(path))
-    check_state_dict(state_dict, expected_shapes(config), str(path))
+    check_layout(state_dict, expected_shapes(config), str(path), what="the Halton transformer layout")
     if not torch.equal(state_dict["head.weight"], state_dict["tok_emb.weight"]):
         raise ValueError(
             f"{path}: head.weight differs from tok_emb.weight, but the model ties them (one tensor)"

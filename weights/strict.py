@@ -70,6 +70,42 @@ def state_dict_problems(model: nn.Module, state_dict: Mapping[str, torch.Tensor]
     ]
 
 
+def shorten_keys(items: list[str], limit: int = 12) -> str:
+    """The first `limit` items, comma-separated, then how many more there are."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def check_layout(
+    state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], source: str, *, what: str
+) -> None:
+    """Raise ValueError naming every missing, unexpected and mis-shaped key of a foreign file's tensors
+    against a released layout (key -> shape, e.g. from a model built on the meta device).
+
+    Args:
+        state_dict: tensors to check.
+        expected: key -> shape of the layout.
+        source: what the tensors come from, for the message.
+        what: the layout's name, for the message ("the LlamaGen VQ layout").
+    """
+    problems = []
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    mis_shaped = [
+        f"{key} {tuple(state_dict[key].shape)} (expected {shape})"
+        for key, shape in expected.items()
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(shape)
+    ]
+    if missing:
+        problems.append(f"missing keys {shorten_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {shorten_keys(unexpected)}")
+    if mis_shaped:
+        problems.append(f"shape mismatch {shorten_keys(mis_shaped)}")
+    if problems:
+        raise ValueError(f"{source} does not match {what}: " + "; ".join(problems))
+
+
 def load_state_dict_strictly(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
