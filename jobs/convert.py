@@ -72,11 +72,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `convert-vqgan` and `convert-transformer` subcommands; flag dests are option fields."""
     convert = subparsers.add_parser(
         "convert-vqgan",
-        help="convert a taming-transformers VQGAN checkpoint (last.ckpt + model.yaml) into our format",
-        description="Read a taming/valeoai Lightning last.ckpt strictly (loss.* keys ignored) and write "
+        help="convert a tokenizer checkpoint (taming last.ckpt + model.yaml, or LlamaGen vq_ds16_c2i.pt) "
+        "into our format",
+        description="Read a taming/valeoai Lightning last.ckpt (loss.* keys ignored) or a LlamaGen VQ "
+        "checkpoint (the v2 tokenizer, told apart by its keys) strictly and write "
         "OUT_DIR/config.json + OUT_DIR/model.safetensors.",
     )
-    convert.add_argument("checkpoint", help="taming last.ckpt (or a bare state-dict .pt)")
+    convert.add_argument(
+        "checkpoint", help="taming last.ckpt, LlamaGen vq_ds16_c2i.pt, or a bare state-dict .pt"
+    )
     convert.add_argument("out_dir", help="output folder for config.json + model.safetensors")
     convert.add_argument(
         "--config",

@@ -1,0 +1,165 @@
+"""Forward and sampler speed of the released transformer sizes of both families, side by side.
+
+Claims measured (issue #14, item 6), in one run on one machine:
+
+* forward time of one all-positions pass at batch `--batch` (default 4) for every released size: v1
+  (`maskgit-imagenet256`, `maskgit-imagenet512`) and v2 Halton (256 px tiny / small / base, 384 px
+  small / base / large), with its GFLOP/s from the model's shapes;
+* sampler images/s at batch 1 with each family's released sampling settings (v1: confidence order,
+  arccos, linear CFG ramp; v2: Halton order, constant CFG, so both halves run from the first step),
+  shortened to `--steps` steps (default 8) so the 480 M model fits in a few minutes of CPU; forward rows
+  per image (CFG halves counted) are reported next to it, and the time per forward row, which does not
+  depend on the step count;
+* fp32 always; bf16 autocast where the CPU has bf16 kernels (AVX512-BF16 or AMX) or on CUDA.
+
+The tokenizers' encode / decode rows (VQGAN f16-1024 and LlamaGen VQ-16) are in `bench_tokenizer`.
+Weights are random: speed does not depend on them. `--quick` measures the smallest size of each family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+
+import torch
+
+from benchmarks.common import bf16_kernels_available, cpu_flags, cpu_model, write_result
+from transformer import build_transformer, sample
+from transformer.families import TRANSFORMER_PRESETS, reference_sampling
+
+RELEASED = (
+    "maskgit-imagenet256",
+    "maskgit-imagenet512",
+    "halton-imagenet256-tiny",
+    "halton-imagenet256-small",
+    "halton-imagenet256-base",
+    "halton-imagenet384-small",
+    "halton-imagenet384-base",
+    "halton-imagenet384-large",
+)
+QUICK = ("maskgit-imagenet256", "halton-imagenet256-tiny")
+
+
+def forward_gflops(config, batch: int) -> float:
+    """GFLOPs (2 × multiply-adds) of one all-positions forward: the linear layers, attention and head."""
+    s, n, d = config.sequence_length, config.num_tokens, config.hidden_size
+    if config.family == "halton":
+        w, f = config.attention_width, config.ffn_size
+        per_layer = 2 * s * d * 3 * w + 2 * s * w * d + 2 * 3 * s * d * f + 2 * 2 * s * s * w
+        per_layer += 2 * d * 6 * d  # adaLN modulation, once per sample
+        head = 2 * n * d * config.codebook_size
+    else:
+        per_layer = 2 * s * d * 3 * d + 2 * s * d * d + 2 * 2 * s * d * config.mlp_size + 2 * 2 * s * s * d
+        head = 2 * 2 * s * d * d + 2 * n * d * d + 2 * n * d * config.codebook_size
+    return batch * (config.depth * per_layer + head) / 1e9
+
+
+def autocast_for(precision: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_forward(model, batch: int, precision: str, repeats: int, device: torch.device) -> dict:
+    config = model.config
+    tokens = torch.full((batch, config.grid_size, config.grid_size), config.mask_token_id, device=device)
+    class_ids = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def forward() -> float:
+        start = time.perf_counter()
+        with torch.no_grad(), autocast_for(precision, device):
+            model(tokens, class_ids)
+        sync(device)
+        return time.perf_counter() - start
+
+    forward()  # warm-up
+    seconds = statistics.median(forward() for _ in range(repeats))
+    return {"forward_ms": 1e3 * seconds, "forward_gflops_per_s": forward_gflops(config, batch) / seconds}
+
+
+def measure_sampler(model, precision: str, steps: int, device: torch.device) -> dict:
+    settings = dataclasses.replace(reference_sampling(model.config), steps=steps)
+    rows = [0]
+
+    def count_rows(_module, args, _kwargs=None):
+        rows[0] += args[0].shape[0]
+
+    hook = model.register_forward_pre_hook(count_rows)
+    try:
+        sample(model, [0], seeds=[0], **dataclasses.replace(settings, steps=1).as_kwargs())  # warm-up
+        rows[0] = 0
+        start = time.perf_counter()
+        with autocast_for(precision, device):
+            sample(model, [1], seeds=[1], **settings.as_kwargs())
+        sync(device)
+        seconds = time.perf_counter() - start
+    finally:
+        hook.remove()
+    return {
+        "order": settings.order,
+        "cfg": f"{settings.cfg_schedule} {settings.cfg_weight:g}",
+        "steps": steps,
+        "images_per_s": 1 / seconds,
+        "forward_rows_per_image": rows[0],
+        "ms_per_forward_row": 1e3 * seconds / rows[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)} (smoke test)")
+    parser.add_argument("--presets", nargs="+", default=None, choices=sorted(TRANSFORMER_PRESETS))
+    parser.add_argument("--batch", type=int, default=4, help="batch of the forward rows")
+    parser.add_argument("--steps", type=int, default=8, help="sampler steps (the released defaults are 8-32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per row (median)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    bf16_fast = bf16_kernels_available(device.type)
+    precisions = ["fp32", "bf16"] if bf16_fast else ["fp32"]
+    machine = (
+        f"{cpu_model()}, CPU flags {cpu_flags() or 'none'}, bf16 kernels {'yes' if bf16_fast else 'NO'}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+    )
+    print(machine)
+    rows = []
+    for name in args.presets or (QUICK if args.quick else RELEASED):
+        torch.manual_seed(0)
+        model = build_transformer(TRANSFORMER_PRESETS[name]).to(device).eval()
+        parameters = sum(p.numel() for p in model.parameters()) / 1e6
+        for precision in precisions:
+            row = {
+                "preset": name,
+                "family": model.config.family,
+                "params_m": round(parameters, 1),
+                "grid": f"{model.config.grid_size}x{model.config.grid_size}",
+                "precision": precision,
+                "batch": args.batch,
+                **measure_forward(model, args.batch, precision, args.repeats, device),
+                **measure_sampler(model, precision, args.steps, device),
+                "load_1m": os.getloadavg()[0],
+            }
+            rows.append(row)
+            print(row, flush=True)
+        del model
+    notes = (
+        f"{machine}. Random weights. Forward: one pass over all positions at batch {args.batch}, median "
+        f"of {args.repeats}. Sampler: batch 1, {args.steps} steps, each family's released sampling "
+        "settings; forward_rows_per_image counts the CFG halves (v2 runs both from the first step)."
+        + ("" if bf16_fast else " bf16 not measured: no bf16 kernels on this CPU.")
+    )
+    suffix = "_quick" if args.quick else ""
+    return write_result(f"families{suffix}", rows, notes=notes)
+
+
+if __name__ == "__main__":
+    main()
