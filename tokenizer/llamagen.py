@@ -18,10 +18,10 @@ Module names match the released `vq_ds16_c2i.pt` state dict 1:1 (`tokenizer/conv
   LlamaGen's trainer writes and nothing reads; kept so the state dicts match);
 * `quant_conv` (z_channels → D) and `post_quant_conv` (D → z_channels), 1×1.
 
-Same API as `tokenizer.vqgan.VQGAN`: `encode_to_indices`, `decode_from_indices`, the training
-`forward` returning a `VQGANOutput`, `encode_to_latents` / `quantize` / `decode_from_latents` for
-the trainer, and `last_decoder_layer`. LlamaGen's optional entropy term (weight 0 in the released
-recipe) is not implemented.
+The encode / quantise / decode plumbing is `tokenizer.vqgan.VQTokenizer`, shared with the VQGAN:
+`encode_to_indices`, `decode_from_indices`, the training `forward` returning a `VQGANOutput`,
+`encode_to_latents` / `quantize` / `decode_from_latents` for the trainer, and `last_decoder_layer`.
+LlamaGen's optional entropy term (weight 0 in the released recipe) is not implemented.
 
 Dimension legend: B batch, C channels, H×W image, f downsampling factor, h×w = (H/f)×(W/f) token
 grid, D code width (`embed_dim`, 8 in VQ-16), K codebook size (`n_embed`, 16,384 in VQ-16).
@@ -40,8 +40,7 @@ from tokenizer.vqgan import (
     QuantizedLatents,
     ResnetBlock,
     Upsample,
-    VQGANOutput,
-    check_images,
+    VQTokenizer,
     group_norm,
 )
 
@@ -202,95 +201,19 @@ class VectorQuantizer(nn.Module):
         return QuantizedLatents(quantized, indices, codebook_loss, commitment_loss)
 
 
-class LlamaGenVQ(nn.Module):
-    """Images <-> token grids with LlamaGen's VQ model; the API of `tokenizer.vqgan.VQGAN`.
+class LlamaGenVQ(VQTokenizer):
+    """LlamaGen's VQ model; the API of `tokenizer.vqgan.VQTokenizer`.
 
     Args:
         config: architecture (default: the released VQ-16); stored as `self.config`.
     """
 
     def __init__(self, config: LlamaGenVQConfig | None = None):
-        super().__init__()
-        self.config = config = config or LlamaGenVQConfig()
+        config = config or LlamaGenVQConfig()
         # Registration order = the released state dict's order.
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
-        self.quantize = VectorQuantizer(config.n_embed, config.embed_dim, config.beta)
-        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, kernel_size=1)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, kernel_size=1)
-
-    @property
-    def last_decoder_layer(self) -> nn.Parameter:
-        """Weight of the decoder's final conv (for the adaptive GAN weight)."""
-        return self.decoder.conv_out.weight
-
-    def encode_to_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) images in [-1, 1] -> (B, D, h, w) pre-quantisation latents (not normalised)."""
-        check_images(images, self.config)
-        return self.quant_conv(self.encoder(images))
-
-    def decode_from_latents(self, quantized: torch.Tensor) -> torch.Tensor:
-        """(B, D, h, w) quantised latents -> (B, C_out, H, W) images, not clamped."""
-        return self.decoder(self.post_quant_conv(quantized))
-
-    @torch.no_grad()
-    def encode_to_indices(self, images: torch.Tensor) -> torch.Tensor:
-        """Tokenize images.
-
-        Args:
-            images: (B, C_in, H, W) float in [-1, 1]; H and W multiples of `config.downsample_factor`.
-
-        Returns:
-            (B, h, w) int64 code ids in [0, K), rows in raster order.
-
-        Raises:
-            ValueError: wrong rank or channel count, a side not divisible by the factor, non-float
-                dtype, or values outside [-1, 1] (beyond a small tolerance).
-        """
-        return self.quantize.nearest_codes(self.encode_to_latents(images))
-
-    @torch.no_grad()
-    def decode_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Detokenize code ids (LlamaGen `decode_code`).
-
-        Args:
-            indices: (B, h, w) integer code ids in [0, K).
-
-        Returns:
-            (B, C_out, h·f, w·f) float images, about [-1, 1] and not clamped.
-
-        Raises:
-            ValueError: wrong rank, non-integer dtype, or an id outside [0, K).
-        """
-        if not isinstance(indices, torch.Tensor) or indices.ndim != 3:
-            shape = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
-            raise ValueError(f"expected indices of shape (B, h, w), got {shape}")
-        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-            raise ValueError(f"expected integer indices, got dtype {indices.dtype}")
-        size = self.config.n_embed
-        if indices.numel() > 0:
-            low, high = int(indices.min()), int(indices.max())
-            if low < 0 or high >= size:
-                raise ValueError(
-                    f"indices must be in [0, {size}) for a codebook of {size} codes; "
-                    f"got values in [{low}, {high}]"
-                )
-        quantized = self.quantize.lookup(indices.long())  # (B, D, h, w)
-        return self.decode_from_latents(quantized.to(self.post_quant_conv.weight.dtype))
-
-    def forward(self, images: torch.Tensor) -> VQGANOutput:
-        """Encode, quantise (straight-through) and decode; the training pass.
-
-        Args:
-            images: (B, C_in, H, W) float in [-1, 1].
-
-        Returns:
-            VQGANOutput with the reconstruction, indices and LlamaGen's two quantiser terms
-            (`quantizer_loss` is their sum, the value LlamaGen trains on).
-        """
-        z = self.encode_to_latents(images)  # (B, D, h, w)
-        quantized = self.quantize(z)
-        reconstruction = self.decode_from_latents(quantized.quantized)  # (B, C_out, H, W)
-        return VQGANOutput(
-            reconstruction, quantized.indices, quantized.codebook_loss, quantized.commitment_loss
+        super().__init__(
+            config,
+            Encoder(config),
+            Decoder(config),
+            VectorQuantizer(config.n_embed, config.embed_dim, config.beta),
         )

@@ -313,19 +313,25 @@ class VQGANOutput(NamedTuple):
         return self.codebook_loss + self.commitment_loss
 
 
-class VQGAN(nn.Module):
-    """Images <-> token grids. Submodule names match taming's VQModel (minus its `loss`).
+class VQTokenizer(nn.Module):
+    """Images <-> token grids: encoder → quant_conv → quantizer → post_quant_conv → decoder.
+
+    The API both tokenizer families share (`VQGAN` here, `tokenizer.llamagen.LlamaGenVQ`); each
+    family builds its own encoder, decoder and quantizer and passes them in, in the order of its
+    released state dict.
 
     Args:
-        config: architecture; stored as `self.config`.
+        config: the family's config (`n_embed`, `embed_dim`, `z_channels`, …); stored as `self.config`.
+        encoder, decoder: (B, C_in, H, W) -> (B, z_channels, h, w) and back.
+        quantize: a quantizer with `nearest_codes`, `lookup` and a `forward` returning `QuantizedLatents`.
     """
 
-    def __init__(self, config: VQGANConfig | None = None):
+    def __init__(self, config, encoder: nn.Module, decoder: nn.Module, quantize: nn.Module):
         super().__init__()
-        self.config = config = config or VQGANConfig()
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
-        self.quantize = VectorQuantizer(config.n_embed, config.embed_dim, config.beta)
+        self.config = config
+        self.encoder = encoder
+        self.decoder = decoder
+        self.quantize = quantize
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, kernel_size=1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, kernel_size=1)
 
@@ -351,7 +357,7 @@ class VQGAN(nn.Module):
             images: (B, C_in, H, W) float in [-1, 1]; H and W multiples of `config.downsample_factor`.
 
         Returns:
-            (B, h, w) int64 code ids in [0, K).
+            (B, h, w) int64 code ids in [0, K), rows in raster order.
 
         Raises:
             ValueError: wrong rank or channel count, a side not divisible by the factor, non-float
@@ -361,13 +367,13 @@ class VQGAN(nn.Module):
 
     @torch.no_grad()
     def decode_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Detokenize code ids.
+        """Detokenize code ids (LlamaGen's `decode_code`).
 
         Args:
             indices: (B, h, w) integer code ids in [0, K).
 
         Returns:
-            (B, C_out, h·f, w·f) float images, about [-1, 1] and not clamped (as the reference).
+            (B, C_out, h·f, w·f) float images, about [-1, 1] and not clamped (as the references).
 
         Raises:
             ValueError: wrong rank, non-integer dtype, or an id outside [0, K).
@@ -377,12 +383,13 @@ class VQGAN(nn.Module):
             raise ValueError(f"expected indices of shape (B, h, w), got {shape}")
         if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
             raise ValueError(f"expected integer indices, got dtype {indices.dtype}")
+        size = self.config.n_embed
         if indices.numel() > 0:
             low, high = int(indices.min()), int(indices.max())
-            if low < 0 or high >= self.config.n_embed:
+            if low < 0 or high >= size:
                 raise ValueError(
-                    f"indices must be in [0, {self.config.n_embed}) for a codebook of {self.config.n_embed} "
-                    f"codes; got values in [{low}, {high}]"
+                    f"indices must be in [0, {size}) for a codebook of {size} codes; "
+                    f"got values in [{low}, {high}]"
                 )
         quantized = self.quantize.lookup(indices.long())  # (B, D, h, w)
         return self.decode_from_latents(quantized.to(self.post_quant_conv.weight.dtype))
@@ -394,11 +401,29 @@ class VQGAN(nn.Module):
             images: (B, C_in, H, W) float in [-1, 1].
 
         Returns:
-            VQGANOutput with the reconstruction, indices and the two quantiser loss terms.
+            VQGANOutput with the reconstruction, indices and the two quantiser loss terms
+            (`quantizer_loss` is their sum, the value both references train on).
         """
         z = self.encode_to_latents(images)  # (B, D, h, w)
         quantized = self.quantize(z)
         reconstruction = self.decode_from_latents(quantized.quantized)  # (B, C_out, H, W)
         return VQGANOutput(
             reconstruction, quantized.indices, quantized.codebook_loss, quantized.commitment_loss
+        )
+
+
+class VQGAN(VQTokenizer):
+    """The taming VQGAN. Submodule names match taming's VQModel (minus its `loss`).
+
+    Args:
+        config: architecture (default: `VQGANConfig()`); stored as `self.config`.
+    """
+
+    def __init__(self, config: VQGANConfig | None = None):
+        config = config or VQGANConfig()
+        super().__init__(
+            config,
+            Encoder(config),
+            Decoder(config),
+            VectorQuantizer(config.n_embed, config.embed_dim, config.beta),
         )
