@@ -176,9 +176,7 @@ def _reference(
             yield ForeignCheckpoint(reference.config, reference.state_dict, reference.sampling)
 
 
-def read_transformer_config(
-    path: str | os.PathLike, storage_options: StorageOptions = None
-) -> ModelConfig:
+def read_transformer_config(path: str | os.PathLike, storage_options: StorageOptions = None) -> ModelConfig:
     """The config (TransformerConfig or HaltonConfig) of a checkpoint, ours or a reference `.pth`,
     without building the model."""
     folder = _our_folder(path, storage_options)

@@ -243,37 +243,6 @@ class HaltonTransformer(MaskPredictor):
         weight, bias = self.head.weight[:width], self.head.bias[:width]  # (V, D), (V,)
         if positions is None:
             return F.linear(hidden, weight, bias)  # (B, N, V)
-        if positions.dim() == 3:
-            positions = positions.flatten(1)  # (B, h, w) -> (B, N)
-        if positions.shape != hidden.shape[:2]:
-            raise ValueError(
-                f"positions must have shape {tuple(hidden.shape[:2])} or (B, h, w), "
-                f"got {tuple(positions.shape)}"
-            )
+        positions = self.flat_positions(positions, hidden)
         selected = hidden[positions]  # (M, D)
         return F.linear(selected, weight.to(selected.dtype), bias.to(selected.dtype))  # (M, V)
-
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        class_ids: torch.Tensor,
-        drop_label: torch.Tensor | None = None,
-        *,
-        positions: torch.Tensor | None = None,
-        with_mask_logit: bool = False,
-    ) -> torch.Tensor:
-        """Logits of the codes at each image position.
-
-        Args:
-            tokens: LongTensor[B, h, w], codes with masked positions set to `config.mask_token_id`.
-            class_ids: LongTensor[B] in [0, num_classes).
-            drop_label: BoolTensor[B]; True = unconditional (the null class), for CFG.
-            positions: optional BoolTensor[B, N] (or [B, h, w]) selecting the positions to compute
-                logits for.
-            with_mask_logit: also return the [MASK] logit, giving the reference's [B, N, K + 1].
-
-        Returns:
-            FloatTensor[B, N, K] (or [B, N, K + 1]); with `positions`, FloatTensor[M, K (+1)].
-        """
-        hidden = self.hidden_states(tokens, class_ids, drop_label)
-        return self.logits_from_hidden(hidden, positions=positions, with_mask_logit=with_mask_logit)

@@ -128,9 +128,9 @@ class MaskPredictor(nn.Module):
     """What every transformer family offers `sample()`, the training objective and the editors.
 
     A subclass has a `config` with `grid_size`, `num_tokens`, `codebook_size`, `mask_token_id` and
-    `num_classes`, and is called as `model(tokens, class_ids, drop_label, *, positions=None,
-    with_mask_logit=False)` returning logits over the K codes (plus [MASK] on request), as
-    `MaskTransformer.forward` documents. Families: `MaskTransformer` (v1) and
+    `num_classes`, and defines `hidden_states(tokens, class_ids, drop_label)` and
+    `logits_from_hidden(hidden, *, positions, with_mask_logit)`; `forward` (here, once) chains them,
+    returning logits over the K codes (plus [MASK] on request). Families: `MaskTransformer` (v1) and
     `transformer.halton.HaltonTransformer` (v2).
     """
 
@@ -170,6 +170,43 @@ class MaskPredictor(nn.Module):
                 f"class ids must be in [0, {config.num_classes}), got values in "
                 f"[{int(class_ids.min())}, {int(class_ids.max())}]"
             )
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        class_ids: torch.Tensor,
+        drop_label: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+        with_mask_logit: bool = False,
+    ) -> torch.Tensor:
+        """Logits of the codes at each image position.
+
+        Args:
+            tokens: LongTensor[B, h, w], codes with masked positions set to `config.mask_token_id`.
+            class_ids: LongTensor[B] in [0, num_classes).
+            drop_label: BoolTensor[B]; True = unconditional (the null class), for CFG.
+            positions: optional BoolTensor[B, N] (or [B, h, w]) selecting the positions to compute
+                logits for.
+            with_mask_logit: also return the [MASK] logit, giving the reference's [B, N, K + 1].
+
+        Returns:
+            FloatTensor[B, N, K] (or [B, N, K + 1]); with `positions`, FloatTensor[M, K (+1)].
+        """
+        hidden = self.hidden_states(tokens, class_ids, drop_label)
+        return self.logits_from_hidden(hidden, positions=positions, with_mask_logit=with_mask_logit)
+
+    @staticmethod
+    def flat_positions(positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """BoolTensor[B, N] from a [B, N] or [B, h, w] position mask, checked against hidden [B, N, D]."""
+        if positions.dim() == 3:
+            positions = positions.flatten(1)  # (B, h, w) -> (B, N)
+        if positions.shape != hidden.shape[:2]:
+            raise ValueError(
+                f"positions must have shape {tuple(hidden.shape[:2])} or (B, h, w), "
+                f"got {tuple(positions.shape)}"
+            )
+        return positions
 
 
 class MaskTransformer(MaskPredictor):
@@ -253,43 +290,12 @@ class MaskTransformer(MaskPredictor):
         weight = self.tok_emb.weight[:width]  # (W, D): code rows (and [MASK]) only
         if positions is None:
             return torch.matmul(hidden, weight.t()) + self.bias[: config.num_tokens, :width]  # (B, N, W)
-        if positions.dim() == 3:
-            positions = positions.flatten(1)  # (B, h, w) -> (B, N)
-        if positions.shape != hidden.shape[:2]:
-            raise ValueError(
-                f"positions must have shape {tuple(hidden.shape[:2])} or (B, h, w), "
-                f"got {tuple(positions.shape)}"
-            )
+        positions = self.flat_positions(positions, hidden)
         position_index = positions.nonzero()[:, 1]  # (M,)
         selected = hidden[positions]  # (M, D)
         return torch.addmm(
             self.bias[position_index, :width].to(selected.dtype), selected, weight.t().to(selected.dtype)
         )
-
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        class_ids: torch.Tensor,
-        drop_label: torch.Tensor | None = None,
-        *,
-        positions: torch.Tensor | None = None,
-        with_mask_logit: bool = False,
-    ) -> torch.Tensor:
-        """Logits of the codes at each image position.
-
-        Args:
-            tokens: LongTensor[B, h, w], codes with masked positions set to `config.mask_token_id`.
-            class_ids: LongTensor[B] in [0, num_classes).
-            drop_label: BoolTensor[B]; True = unconditional (the null class), for CFG.
-            positions: optional BoolTensor[B, N] (or [B, h, w]) selecting the positions to compute
-                logits for.
-            with_mask_logit: also return the [MASK] logit, giving the reference's [B, N, K + 1].
-
-        Returns:
-            FloatTensor[B, N, K] (or [B, N, K + 1]); with `positions`, FloatTensor[M, K (+1)].
-        """
-        hidden = self.hidden_states(tokens, class_ids, drop_label)
-        return self.logits_from_hidden(hidden, positions=positions, with_mask_logit=with_mask_logit)
 
 
 def unwrap_model(model: nn.Module) -> MaskPredictor:
