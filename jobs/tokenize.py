@@ -413,7 +413,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     defaults = TokenizeOptions("", "", "")
     parser = subparsers.add_parser(
         "tokenize",
-        help="tokenize an image dataset into a token store (Ray Data job, resumable)",
+        help="tokenize an image dataset into a token store (Ray job, resumable)",
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument(
