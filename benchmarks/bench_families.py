@@ -12,6 +12,9 @@ Claims measured (issue #14, item 6), in one run on one machine:
   depend on the step count;
 * fp32 always; bf16 autocast where the CPU has bf16 kernels (AVX512-BF16 or AMX) or on CUDA.
 
+* one training step (forward, backward, AdamW) of the quickstart's CPU-sized presets of each family,
+  transformer and tokenizer, at batch 32: what decides whether `quickstart --family v2` trains as fast.
+
 The tokenizers' encode / decode rows (VQGAN f16-1024 and LlamaGen VQ-16) are in `bench_tokenizer`.
 Weights are random: speed does not depend on them. `--quick` measures the smallest size of each family.
 """
@@ -27,7 +30,8 @@ import time
 import torch
 
 from benchmarks.common import bf16_kernels_available, cpu_flags, cpu_model, write_result
-from transformer import build_transformer, sample
+from tokenizer.families import build_tokenizer, tokenizer_preset
+from transformer import build_transformer, masked_token_loss, sample
 from transformer.families import TRANSFORMER_PRESETS, reference_sampling
 
 RELEASED = (
@@ -41,6 +45,8 @@ RELEASED = (
     "halton-imagenet384-large",
 )
 QUICK = ("maskgit-imagenet256", "halton-imagenet256-tiny")
+# The quickstart's presets of each family: (transformer, tokenizer).
+QUICKSTART_PRESETS = {"v1": ("tiny", "tiny-f4"), "v2": ("halton-tiny", "llamagen-tiny-f4")}
 
 
 def forward_gflops(config, batch: int) -> float:
@@ -111,6 +117,70 @@ def measure_sampler(model, precision: str, steps: int, device: torch.device) -> 
     }
 
 
+def median_seconds(step, repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def transformer_step_seconds(name: str, batch: int, repeats: int) -> float:
+    """Median seconds of one masked-token-loss AdamW step of preset `name` (dropout off)."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(TRANSFORMER_PRESETS[name], dropout=0.0)
+    model = build_transformer(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    codes = torch.randint(0, config.codebook_size, (batch, config.grid_size, config.grid_size))
+    labels = torch.randint(0, config.num_classes, (batch,))
+
+    def step():
+        loss = masked_token_loss(model, codes, labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return median_seconds(step, repeats)
+
+
+def tokenizer_step_seconds(name: str, batch: int, repeats: int) -> float:
+    """Median seconds of one L1 + quantizer-loss AdamW step of tokenizer preset `name` on 32 px images."""
+    torch.manual_seed(0)
+    model = build_tokenizer(tokenizer_preset(name))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    images = torch.rand(batch, 3, 32, 32) * 2 - 1
+
+    def step():
+        out = model(images)
+        loss = (out.reconstruction - images).abs().mean() + out.quantizer_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return median_seconds(step, repeats)
+
+
+def measure_training_steps(batch: int, repeats: int) -> list[dict]:
+    """Milliseconds per AdamW step of each family's quickstart transformer and tokenizer, same sizes."""
+    rows = []
+    for family, (transformer_name, tokenizer_name) in QUICKSTART_PRESETS.items():
+        rows.append(
+            {
+                "family": family,
+                "transformer": transformer_name,
+                "transformer_step_ms": 1e3 * transformer_step_seconds(transformer_name, batch, repeats),
+                "tokenizer": tokenizer_name,
+                "tokenizer_step_ms": 1e3 * tokenizer_step_seconds(tokenizer_name, batch, repeats),
+                "batch": batch,
+                "load_1m": os.getloadavg()[0],
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)} (smoke test)")
@@ -131,6 +201,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"{torch.get_num_threads()} threads, device {device}"
     )
     print(machine)
+    training = write_result(
+        f"families_training{'_quick' if args.quick else ''}",
+        measure_training_steps(32, 5 if args.quick else 20),
+        notes=f"{machine}. Median seconds of one AdamW step (forward, backward, update) at batch 32 of the "
+        "quickstart presets of each family (transformer: masked-token loss on 8x8 grids; tokenizer: "
+        "L1 + quantizer loss on 32 px images), dropout off, in this process.",
+    )
     rows = []
     for name in args.presets or (QUICK if args.quick else RELEASED):
         torch.manual_seed(0)
@@ -158,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         + ("" if bf16_fast else " bf16 not measured: no bf16 kernels on this CPU.")
     )
     suffix = "_quick" if args.quick else ""
-    return write_result(f"families{suffix}", rows, notes=notes)
+    return {"training": training, "inference": write_result(f"families{suffix}", rows, notes=notes)}
 
 
 if __name__ == "__main__":
