@@ -23,7 +23,16 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+TORCH_THREADS = min(2, os.cpu_count() or 1)
+torch.set_num_threads(TORCH_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Every test starts with the suite's torch thread count, whatever an earlier test set."""
+    torch.set_num_threads(TORCH_THREADS)
+    yield
+    torch.set_num_threads(TORCH_THREADS)
 
 
 @pytest.fixture(scope="session")
