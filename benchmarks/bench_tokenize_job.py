@@ -1,4 +1,4 @@
-"""Benchmark: the `maskgit tokenize` Ray Data job against a bare loop over the same encoder.
+"""Benchmark: the `maskgit tokenize` Ray job against a bare loop over the same encoder.
 
 Claims under test (issue #4):
 1. job images/s ÷ bare-loop images/s on the same cores ≥ 0.85 ("throughput" rows);

@@ -1,4 +1,4 @@
-"""The `maskgit tokenize` Ray Data job on real Fashion-MNIST: every input kind, local and S3, both store
+"""The `maskgit tokenize` Ray job on real Fashion-MNIST: every input kind, local and S3, both store
 formats; bad files; settings mismatch; a SIGKILL mid-run followed by a rerun (exactly once, identical)."""
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ class Quickstart:
             self.remote = self.s3.url("quickstart")
             print(f"[s3] local S3 server at {self.s3.endpoint_url}, bucket {self.s3.bucket}")
         # A local Ray of its own, even under $RAY_ADDRESS: the quickstart is one machine's demo. At least
-        # 4 CPUs, so 2 training workers and the Ray Data stages never wait on each other; the dashboard
+        # 4 CPUs, so 2 training workers and the tokenize tasks never wait on each other; the dashboard
         # serves the state API that Ray Train's placement-group cleaner polls.
         connect_ray("local", num_cpus=max(4, os.cpu_count() or 1), dashboard=True)
 
