@@ -29,7 +29,8 @@ import time
 
 import torch
 
-from benchmarks.common import bf16_kernels_available, cpu_flags, cpu_model, write_result
+from benchmarks.bench_sampler import forward_flops
+from benchmarks.common import autocast_for, bf16_kernels_available, cpu_flags, cpu_model, sync, write_result
 from tokenizer.families import build_tokenizer, tokenizer_preset
 from transformer import build_transformer, masked_token_loss, sample
 from transformer.families import TRANSFORMER_PRESETS, reference_sampling
@@ -57,19 +58,18 @@ def forward_gflops(config, batch: int) -> float:
         per_layer = 2 * s * d * 3 * w + 2 * s * w * d + 2 * 3 * s * d * f + 2 * 2 * s * s * w
         per_layer += 2 * d * 6 * d  # adaLN modulation, once per sample
         head = 2 * n * d * config.codebook_size
-    else:
-        per_layer = 2 * s * d * 3 * d + 2 * s * d * d + 2 * 2 * s * d * config.mlp_size + 2 * 2 * s * s * d
-        head = 2 * 2 * s * d * d + 2 * n * d * d + 2 * n * d * config.codebook_size
-    return batch * (config.depth * per_layer + head) / 1e9
+        return batch * (config.depth * per_layer + head) / 1e9
+    return forward_flops(config, batch, head_positions=n) / 1e9  # v1: the sampler benchmark's count
 
 
-def autocast_for(precision: str, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def median_seconds(step, repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def measure_forward(model, batch: int, precision: str, repeats: int, device: torch.device) -> dict:
@@ -77,15 +77,12 @@ def measure_forward(model, batch: int, precision: str, repeats: int, device: tor
     tokens = torch.full((batch, config.grid_size, config.grid_size), config.mask_token_id, device=device)
     class_ids = torch.zeros(batch, dtype=torch.long, device=device)
 
-    def forward() -> float:
-        start = time.perf_counter()
-        with torch.no_grad(), autocast_for(precision, device):
+    def forward() -> None:
+        with torch.no_grad(), autocast_for(precision, device.type):
             model(tokens, class_ids)
         sync(device)
-        return time.perf_counter() - start
 
-    forward()  # warm-up
-    seconds = statistics.median(forward() for _ in range(repeats))
+    seconds = median_seconds(forward, repeats)
     return {"forward_ms": 1e3 * seconds, "forward_gflops_per_s": forward_gflops(config, batch) / seconds}
 
 
@@ -101,7 +98,7 @@ def measure_sampler(model, precision: str, steps: int, device: torch.device) -> 
         sample(model, [0], seeds=[0], **dataclasses.replace(settings, steps=1).as_kwargs())  # warm-up
         rows[0] = 0
         start = time.perf_counter()
-        with autocast_for(precision, device):
+        with autocast_for(precision, device.type):
             sample(model, [1], seeds=[1], **settings.as_kwargs())
         sync(device)
         seconds = time.perf_counter() - start
@@ -115,16 +112,6 @@ def measure_sampler(model, precision: str, steps: int, device: torch.device) -> 
         "forward_rows_per_image": rows[0],
         "ms_per_forward_row": 1e3 * seconds / rows[0],
     }
-
-
-def median_seconds(step, repeats: int) -> float:
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def transformer_step_seconds(name: str, batch: int, repeats: int) -> float:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import bf16_kernels_available, cpu_flags, cpu_model, write_result
+from benchmarks.common import autocast_for, bf16_kernels_available, cpu_flags, cpu_model, write_result
 from transformer import PRESETS, MaskTransformer, TransformerConfig, sample, tokens_per_step
 
 
@@ -112,10 +112,6 @@ def timed(function: Callable[[], object]) -> float:
     start = time.perf_counter()
     function()
     return time.perf_counter() - start
-
-
-def autocast_for(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def measure_forward(model: MaskTransformer, batch: int, precision: str, repeats: int) -> dict:

@@ -33,7 +33,6 @@ Run: `python -m benchmarks.bench_tokenizer [--quick] [--batch 8] [--repeats 3] [
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import os
 import statistics
@@ -43,7 +42,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from benchmarks.common import bf16_kernels_available, cpu_flags, cpu_model, write_result
+from benchmarks.common import autocast_for, bf16_kernels_available, cpu_flags, cpu_model, sync, write_result
 from benchmarks.taming_baseline import AttnBlock as ReferenceAttnBlock
 from benchmarks.taming_baseline import TamingVQGAN
 from tokenizer.config import preset
@@ -62,11 +61,6 @@ def input_images(batch: int, size: int) -> torch.Tensor:
     except FileNotFoundError:
         pixels = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def round_robin(
@@ -89,12 +83,6 @@ def round_robin(
         name: {"wall_s": statistics.median(wall[name]), "cpu_s": statistics.median(cpu[name])}
         for name in functions
     }
-
-
-def autocast_for(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def vqgan_calls(model: VQGAN, images: torch.Tensor, indices: torch.Tensor, channels_last: bool):
@@ -158,13 +146,13 @@ def measure_vqgan(
     }
     compile_seconds = None
     if args.compile:
-        with autocast_for(precision, device):
+        with autocast_for(precision, device.type):
             (encoders["ours-compiled"], decoders["ours-compiled"]), compile_seconds = compiled_calls(
                 model, images, indices
             )
     rows = []
     for operation, functions in (("encode", encoders), ("decode", decoders)):
-        with autocast_for(precision, device):
+        with autocast_for(precision, device.type):
             timings = round_robin(functions, repeats, device)
         reference = timings["baseline"]
         for name, timing in timings.items():

@@ -108,6 +108,21 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def autocast_for(precision: str, device_type: str = "cpu"):
+    """bf16 autocast on `device_type` when `precision` is "bf16"; a disabled autocast (plain fp32) else."""
+    import torch
+
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work, so a timer around a call measures it (a no-op off CUDA)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def write_result(name: str, rows: list[dict], *, notes: str = "", columns: list[str] | None = None) -> dict:
     """Print the table and write benchmarks/results/<name>.json; returns the result record."""
     record = {

@@ -271,21 +271,14 @@ def test_pipeline_cli_and_http_give_identical_images(server, tmp_path):
     (which reads its models from S3): generation and inpainting."""
     import torch
 
-    models = server.models
-    # Same device and thread count as the replica (Ray gives it num_cpus = 1 thread): float sums in the
-    # decoder's convolutions are ordered by the thread split, and a pixel could differ by one level.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _compare_pipeline_cli_and_http(server, models, tmp_path)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _compare_pipeline_cli_and_http(server, models, tmp_path) -> None:
     from generation import MaskGIT
     from jobs.cli import main as cli_main
 
+    # Same device and thread count as the replica (Ray gives it num_cpus = 1 thread): float sums in the
+    # decoder's convolutions are ordered by the thread split, and a pixel could differ by one level.
+    # (conftest puts the suite's thread count back after the test.)
+    torch.set_num_threads(1)
+    models = server.models
     pipe = MaskGIT.load(models.transformer, models.tokenizer, device="cpu")
     direct = pipe.generate([4, 0, 9], seeds=21).images
     out = tmp_path / "grid.png"
