@@ -24,7 +24,9 @@ import time
 
 import torch
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from jobs.train.deepspeed_config import select_accelerator
+
+select_accelerator()  # before deepspeed is imported: the CPU accelerator here, CUDA on a GPU machine
 
 PRESET = "small"  # 8 layers, width 256, 8x8 grid by default; the benchmark uses a 16x16 grid
 GRID, CODEBOOK, CLASSES = 16, 1024, 10

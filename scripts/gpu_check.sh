@@ -18,13 +18,19 @@ export PYTHONUNBUFFERED=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_EN
 # Small pure-Python needs missing from a bare GPU image; deepspeed has no wheel on PyPI, so it is built.
 CARRIED="pytest-timeout==2.3.1 hjson==3.1.0 py-cpuinfo==9.0.0 zarr==3.1.3 donfig==0.8.1.post1 s3fs aiobotocore"
 
+# The Python of the offline GPU image (3.12 on the lent machines). Our packages run there from the tree
+# (PYTHONPATH), not installed, so the project's own pin (3.11, for scripts/setup.sh) does not apply; the
+# carried wheels must match that interpreter, which the install step checks.
+GPU_PYTHON="${GPU_PYTHON:-3.12}"
+
 if [ "${1:-}" = "--prepare" ]; then
-  mkdir -p .whl
+  rm -rf .whl && mkdir -p .whl
   grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
   # shellcheck disable=SC2086
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .whl $CARRIED
   python3 -m pip wheel -q --no-deps -w .whl deepspeed==0.19.8
+  echo "$GPU_PYTHON" >.whl/PYTHON_VERSION
   du -sh .whl
   echo "carry .whl and .cache/datasets (Fashion-MNIST) with the tree, then run scripts/gpu_check.sh there"
   exit 0
@@ -38,6 +44,13 @@ if [ -z "$PY" ] && [ -x .venv/bin/python ] && sees_gpu .venv/bin/python; then
 elif [ -z "$PY" ] && command -v python3 >/dev/null && sees_gpu python3; then
   PY=python3
   if [ -d .whl ]; then
+    have="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    want="$(cat .whl/PYTHON_VERSION 2>/dev/null || echo "$GPU_PYTHON")"
+    if [ "$have" != "$want" ]; then
+      echo "gpu_check: .whl/ holds wheels for Python $want but python3 here is $have;" \
+        "rerun 'GPU_PYTHON=$have scripts/gpu_check.sh --prepare' where pip works" >&2
+      exit 2
+    fi
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
   fi

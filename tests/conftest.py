@@ -13,7 +13,6 @@ import os
 # processes from oversubscribing the 2 cores of CI.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Multi-threaded OpenBLAS decompositions (FID's sqrtm/eigh) slow down 40x when Ray workers share the
 # cores with the test process; one thread is both faster and predictable here.
@@ -22,6 +21,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 import pytest
 import torch
+
+from jobs.train.deepspeed_config import select_accelerator
+
+# DeepSpeed's accelerator follows the hardware: CPU here, CUDA on a GPU machine (scripts/gpu_check.sh).
+select_accelerator()
 
 TORCH_THREADS = min(2, os.cpu_count() or 1)
 torch.set_num_threads(TORCH_THREADS)

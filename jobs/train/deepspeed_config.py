@@ -23,13 +23,43 @@ from dataclasses import dataclass
 PRECISIONS = ("fp32", "bf16")
 
 
-def select_accelerator() -> None:
-    """Before importing deepspeed: name the CPU accelerator when there is no GPU, instead of letting
-    DeepSpeed guess and warn. A value the user set in DS_ACCELERATOR wins."""
+ACCELERATOR_VARIABLE = "DS_ACCELERATOR"  # DeepSpeed reads it once, at its first import
+
+
+def accelerator_for(*, use_gpu: bool | None, cuda_available: bool, requested: str | None) -> str:
+    """DeepSpeed's accelerator name for a process: "cuda" or "cpu" (or what the user `requested`).
+
+    The hardware decides unless someone asked: `use_gpu` None follows `cuda_available`; True / False
+    is the job's own choice (Ray Train's `use_gpu`). A `requested` DS_ACCELERATOR wins where it agrees
+    with that choice; one that contradicts it would build a CPU engine fed CUDA tensors (or the
+    reverse), so it is an error that names the variable.
+
+    Raises:
+        ValueError: `requested` contradicts `use_gpu`, or `use_gpu` is True without a visible GPU.
+    """
+    if use_gpu and not cuda_available:
+        raise ValueError("use_gpu is set but torch sees no CUDA device in this process")
+    wanted = None if use_gpu is None else ("cuda" if use_gpu else "cpu")
+    if requested:
+        if wanted is not None and requested != wanted:
+            raise ValueError(
+                f"{ACCELERATOR_VARIABLE}={requested!r} contradicts this job's use_gpu={use_gpu}; "
+                f"unset it or set it to {wanted!r}"
+            )
+        return requested
+    return wanted or ("cuda" if cuda_available else "cpu")
+
+
+def select_accelerator(use_gpu: bool | None = None) -> str:
+    """Before importing deepspeed: set DS_ACCELERATOR for this process (see `accelerator_for`) and
+    return it, instead of letting DeepSpeed guess and warn. Nothing forces the CPU where a GPU is
+    visible unless the user set DS_ACCELERATOR=cpu themselves."""
     import torch
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    requested = os.environ.get(ACCELERATOR_VARIABLE)
+    name = accelerator_for(use_gpu=use_gpu, cuda_available=torch.cuda.is_available(), requested=requested)
+    os.environ[ACCELERATOR_VARIABLE] = name
+    return name
 
 
 LR_SCHEDULES = ("constant", "cosine", "cosine-tail")

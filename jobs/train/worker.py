@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -28,7 +27,7 @@ import torch
 
 from jobs.train.checkpoints import CheckpointMeta, CheckpointStore, convert_to_universal, step_dirname
 from jobs.train.config import TrainJobConfig
-from jobs.train.deepspeed_config import build_deepspeed_config, lr_multiplier
+from jobs.train.deepspeed_config import build_deepspeed_config, lr_multiplier, select_accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +45,7 @@ def init_deepspeed_distributed(use_gpu: bool) -> None:
     `init_distributed` on a machine; gloo does not need it (docs/architecture.md#platform-notes). Marking the
     op incompatible is the switch DeepSpeed itself consults before building.
     """
-    if not use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    select_accelerator(use_gpu)
     import deepspeed
     import deepspeed.ops
 
