@@ -65,10 +65,21 @@ def plot_loss_curve(records: list[dict], png_path: str | Path, keys: tuple[str, 
     figure, axes = plt.subplots(1, 2 if has_accuracy else 1, figsize=(10 if has_accuracy else 6, 4))
     axes = axes if has_accuracy else [axes]
     steps = [r["step"] for r in records]
+    values = []
     for key in keys:
-        axes[0].plot(steps, [r.get(key, float("nan")) for r in records], label=key)
+        series = [r.get(key, float("nan")) for r in records]
+        values += [v for v in series if v == v]
+        axes[0].plot(steps, series, label=key)
+    # A cross-entropy starts near ln(K) and falls by an order of magnitude: on a linear axis the first
+    # logged values flatten the rest of training into a line, on a log axis progress stays visible.
+    if values and min(values) > 0:
+        from matplotlib.ticker import FormatStrFormatter
+
+        axes[0].set_yscale("log")
+        for axis_formatter in (axes[0].yaxis.set_major_formatter, axes[0].yaxis.set_minor_formatter):
+            axis_formatter(FormatStrFormatter("%g"))  # 2, 3, 10 rather than 2x10^0
     axes[0].set_xlabel("step")
-    axes[0].set_ylabel("loss")
+    axes[0].set_ylabel("loss (log scale)" if values and min(values) > 0 else "loss")
     axes[0].legend()
     axes[0].grid(alpha=0.3)
     if has_accuracy:
