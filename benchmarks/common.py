@@ -123,11 +123,32 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def code_commit() -> str:
+    """The commit of the code being measured, with "+dirty" when tracked files differ from it ("" off git).
+
+    `benchmarks.report` marks a goal met only on a record that names the code it measured.
+    """
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        if head.returncode != 0:
+            return ""
+        dirty = git("diff", "--quiet", "HEAD", "--", ".", ":!benchmarks/results", ":!README.md").returncode
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def write_result(name: str, rows: list[dict], *, notes: str = "", columns: list[str] | None = None) -> dict:
     """Print the table and write benchmarks/results/<name>.json; returns the result record."""
     record = {
         "name": name,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": code_commit(),
         "machine": machine_description(),
         "columns": columns or (list(rows[0]) if rows else []),
         "rows": rows,

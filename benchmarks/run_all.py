@@ -4,7 +4,8 @@
 
 Each `benchmarks/bench_<name>.py` runs in its own process (so one's threads, Ray cluster or memory
 peak cannot disturb another's numbers), writes `benchmarks/results/<name>.json`, and this script
-merges them into `benchmarks/results.json` and `benchmarks/RESULTS.md` with the machine they ran on.
+merges them into `benchmarks/results.json`; `benchmarks.report` then renders RESULTS.md and the README's
+benchmark lines from them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, machine_description, markdown_table
+from benchmarks import report
+from benchmarks.common import RESULTS_DIR, machine_description
 
 HERE = Path(__file__).resolve().parent
 ORDER = ("tokenizer", "sampler", "tokenize_job", "loader", "train", "serve")
@@ -53,28 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     (HERE / "results.json").write_text(json.dumps(merged, indent=1))
-    machine = merged["machine"]
-    lines = [
-        "# Benchmark results",
-        "",
-        f"Written by `python -m benchmarks.run_all{' --quick' if args.quick else ''}` on {merged['date']}: "
-        f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
-        f"GPU: {machine['gpu'] or 'none'}, "
-        f"torch {machine['torch']}.",
-    ]
-    for name, record in results.items():
-        lines += [
-            "",
-            f"## {name}",
-            "",
-            f"Measured {record['date']}.",
-            "",
-            markdown_table(record["rows"], record["columns"]),
-        ]
-        if record.get("notes"):
-            lines += ["", record["notes"]]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    print(f"\nwrote {HERE / 'results.json'} and {HERE / 'RESULTS.md'}")
+    report.main([])  # RESULTS.md and the README's benchmark lines, rendered from the results
     failed = [n for n, s in status.items() if s["exit_code"] != 0]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
