@@ -31,7 +31,7 @@ from torch import nn
 from generation.regions import PixelBox, blend_into, box_to_token_region, mask_to_token_region
 from generation.settings import SamplingOverrides, resolve_sampling
 from pipeline.images import center_crop_resize, to_model_input, to_uint8_images
-from transformer import SampleResult, SampleTrace, SamplingConfig, outpaint, sample
+from transformer import EditResult, SampleResult, SampleTrace, SamplingConfig, inpaint, outpaint, sample
 from weights import unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -249,6 +249,35 @@ class MaskGIT:
             )  # fmt: skip
 
     @torch.no_grad()
+    def inpaint_tokens(
+        self,
+        tokens: torch.Tensor,
+        region: torch.Tensor,
+        class_ids: Sequence[int] | torch.Tensor,
+        *,
+        seeds: Sequence[int],
+        sampling: SamplingConfig,
+        start_step: int = 0,
+        trace: bool = False,
+        progress: bool = False,
+    ) -> EditResult:
+        """One call of the token-level editor (`transformer.inpaint`) under this pipeline's device and
+        autocast: `region` of `tokens` is regenerated, every other token kept.
+
+        Args:
+            tokens: LongTensor[B, h, w] codes (e.g. `encode` of the images).
+            region: BoolTensor[B, h, w] or [h, w] (one region for all), True = regenerate.
+            class_ids, seeds, sampling, start_step, trace, progress: as in `sample_tokens`;
+                `steps=12, start_step=2` with a `latent_box` region is the JAX demo's class-guided edit.
+        """
+        with self._autocast():
+            return inpaint(
+                self.transformer, tokens.to(self.device), region, torch.as_tensor(class_ids),
+                seeds=list(seeds), start_step=start_step, return_trace=trace, progress=progress,
+                **sampling.as_kwargs(),
+            )  # fmt: skip
+
+    @torch.no_grad()
     def encode(self, images: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 images -> LongTensor[B, h, w] codes (on the pipeline's device)."""
         with self._autocast():
@@ -341,12 +370,11 @@ class MaskGIT:
         else:
             region = mask_to_token_region(np.asarray(mask, dtype=bool), self.downsample_factor)
         known = self.encode(original[None]).cpu()  # (1, h, w)
-        init = torch.where(torch.from_numpy(region), self.config.mask_token_id, known[0])  # (h, w)
         class_ids, seeds = (int(class_id),) * count, draw_seeds(count, seeds)
         settings = self.resolve_sampling(sampling)
         tokens, traces = self._batched(
-            class_ids, seeds, settings, batch_size,
-            init_tokens=init.expand(count, -1, -1), start_step=start_step, trace=trace, progress=progress,
+            class_ids, seeds, settings, batch_size, known=known.expand(count, -1, -1),
+            region=torch.from_numpy(region), start_step=start_step, trace=trace, progress=progress,
         )  # fmt: skip
         decoded = np.concatenate([self.decode(part) for part in tokens.split(batch_size or count)])
         images = blend_into(decoded, original, region, blur_radius=blur_radius)
@@ -407,12 +435,17 @@ class MaskGIT:
         settings: SamplingConfig,
         batch_size: int | None,
         *,
-        init_tokens: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+        region: torch.Tensor | None = None,
         start_step: int = 0,
         trace: bool = False,
         progress: bool = False,
     ) -> tuple[torch.Tensor, SampleTrace | None]:
-        """Token grids for every image, `batch_size` at a time; traces joined along the batch."""
+        """Token grids for every image, `batch_size` at a time; traces joined along the batch.
+
+        With `known` (LongTensor[B, h, w]) and `region` ((h, w) bool) the batches are inpainted
+        (`inpaint_tokens`), otherwise sampled from a fully masked grid (`sample_tokens`).
+        """
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         size = batch_size or len(class_ids)
@@ -424,11 +457,14 @@ class MaskGIT:
         tokens, traces = [], []
         for start in starts:
             part = slice(start, start + size)
-            result = self.sample_tokens(
-                class_ids[part], seeds=seeds[part], sampling=settings,
-                init_tokens=None if init_tokens is None else init_tokens[part],
-                start_step=start_step, trace=trace, progress=progress,
-            )  # fmt: skip
+            common = {
+                "seeds": seeds[part], "sampling": settings, "start_step": start_step, "trace": trace,
+                "progress": progress,
+            }  # fmt: skip
+            if region is None:
+                result = self.sample_tokens(class_ids[part], **common)
+            else:
+                result = self.inpaint_tokens(known[part], region, class_ids[part], **common)
             tokens.append(result.tokens.cpu())
             traces.append(result.trace)
         joined = None

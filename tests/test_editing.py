@@ -1,5 +1,5 @@
-"""Token-level editing: inpainting keeps known tokens, outpainting extends grids, class-guided editing
-starts later in the schedule inside a margin-widened box."""
+"""Token-level editing: inpainting keeps known tokens, outpainting extends grids, the JAX demo's box
+widening (class-guided editing through `MaskGIT.inpaint` is tested in test_generation.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from transformer import (
     MaskTransformer,
     TokenBox,
     TransformerConfig,
-    class_guided_edit,
     inpaint,
     latent_box,
     outpaint,
@@ -69,6 +68,15 @@ def test_inpainting_a_small_region_still_takes_all_steps(model):
     assert counting.calls == 4
 
 
+def test_inpainting_returns_the_trace_when_asked(model):
+    region = torch.zeros(2, 6, 6, dtype=torch.bool)
+    region[:, 1:4, 1:5] = True
+    result = inpaint(model, grids(2), region, [0, 1], seeds=[0, 1], steps=3, return_trace=True)
+    assert result.trace is not None and result.trace.predictions.shape == (3, 2, 6, 6)
+    assert torch.equal(result.trace.predictions[-1], result.tokens)
+    assert inpaint(model, grids(2), region, [0, 1], seeds=[0, 1], steps=3).trace is None
+
+
 def test_latent_box_follows_the_jax_demo():
     # 512 px image, f = 16, L = 32: rows max(0, 100//16 − 1) = 5 … min(32, 6 + 150//16 + 1) = 16.
     assert latent_box(100, 200, 150, 90, downsample=16, grid_size=32) == TokenBox(5, 11, 16, 18)
@@ -79,18 +87,6 @@ def test_latent_box_follows_the_jax_demo():
         latent_box(600, 0, 16, 16, downsample=16, grid_size=32)
     with pytest.raises(ValueError, match="height, width >= 1"):
         latent_box(0, 0, 0, 16, downsample=16, grid_size=32)
-
-
-def test_class_guided_edit_regenerates_the_box_from_a_later_step(model):
-    counting = Counting(model)
-    tokens = grids(2, seed=3)
-    box = TokenBox(1, 0, 5, 5)  # 20 tokens: at least one per step of 12
-    result = class_guided_edit(counting, tokens, box, [3, 0], seeds=[0, 1], cfg_weight=0.0)
-    assert counting.calls == 10  # 12 steps starting at step 2, as the JAX demo
-    outside = torch.ones(6, 6, dtype=torch.bool)
-    outside[1:5, 0:5] = False
-    assert torch.equal(result.tokens[:, outside], tokens[:, outside])
-    assert result.region[:, 1:5, 0:5].all() and not result.region[:, outside].any()
 
 
 @pytest.mark.parametrize("direction", ["right", "left", "down", "up"])

@@ -125,6 +125,30 @@ def test_inpaint_mask_and_region_errors(pipe, fashion_mnist_small):
         pipe.inpaint(image, class_id=1, mask=np.zeros((32, 32), dtype=bool))
 
 
+def test_class_guided_edit_regenerates_the_box_from_a_later_step(pipe, fashion_mnist_small):
+    # The JAX demo's edit: a margin-widened box, re-generated for a target class, 12 steps from step 2.
+    from weights import unwrap_model
+
+    image = fashion_mnist_small[0][5]
+    calls = []
+    hook = unwrap_model(pipe.transformer).register_forward_pre_hook(lambda _m, _a: calls.append(1))
+    try:
+        edit = pipe.inpaint(
+            image, class_id=3, box=(4, 4, 20, 16), count=2, seeds=[0, 1], start_step=2,
+            sampling={"steps": 12, "cfg_weight": 0.0}, trace=True,
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    assert len(calls) == 10  # 12 steps starting at step 2: 10 forward passes for the batch of 2
+    expected = np.zeros((8, 8), dtype=bool)
+    expected[0:7, 0:6] = True  # pixel rows 4..23 → tokens 1..5, cols 4..19 → 1..4; 1-token margin
+    np.testing.assert_array_equal(edit.region, expected)
+    known = pipe.encode(image[None])[0].cpu()
+    for tokens in edit.tokens:
+        assert torch.equal(tokens[~torch.from_numpy(expected)], known[~torch.from_numpy(expected)])
+    assert edit.trace.predictions.shape == (10, 2, 8, 8)
+
+
 def test_box_region_matches_token_units():
     region = box_to_token_region((0, 0, 4, 4), 32, 4, margin=0)
     assert region.sum() == 1 and region[0, 0]

@@ -10,7 +10,7 @@ Pure torch; imports nothing else of ours. Public API:
 * `mask_ratio`, `tokens_per_step`, `SCHEDULES` (masking.py)
 * `mask_tokens`, `masked_token_loss`, `ObjectiveOutput` (objective.py)
 * `sample`, `SampleResult` (sample.py)
-* `inpaint`, `outpaint`, `class_guided_edit`, `latent_box` (editing.py)
+* `inpaint`, `outpaint`, `latent_box` (editing.py)
 * `save_transformer`, `load_transformer`, `load_sampling_config`, `load_class_names` (checkpoint.py;
   reference `.pth` files are read by convert.py)
 """
@@ -30,7 +30,7 @@ from transformer.config import (
     SamplingConfig,
     TransformerConfig,
 )
-from transformer.editing import EditResult, TokenBox, class_guided_edit, inpaint, latent_box, outpaint
+from transformer.editing import EditResult, TokenBox, inpaint, latent_box, outpaint
 from transformer.families import build_transformer, transformer_config_from_dict, transformer_preset
 from transformer.halton import HaltonTransformer
 from transformer.halton_order import halton_order, halton_tokens_per_step
@@ -57,7 +57,6 @@ __all__ = [
     "TokenBox",
     "TransformerConfig",
     "build_transformer",
-    "class_guided_edit",
     "halton_order",
     "halton_tokens_per_step",
     "inpaint",

@@ -1,20 +1,19 @@
-"""Token-level editing on top of `sample()`: inpainting, outpainting and class-guided editing.
+"""Token-level editing on top of `sample()`: inpainting and outpainting.
 
-Follows docs/reference.md#editing. All three set the positions to regenerate to [MASK] and decode with
+Follows docs/reference.md#editing. Both set the positions to regenerate to [MASK] and decode with
 `sample(init_tokens=...)`, so known tokens are never changed and the sampling knobs mean the same as
 in `sample()` (pass them as keyword arguments):
 
 * `inpaint`: regenerate a region of an existing grid (valeoai's `init_code`, with the schedule spread
-  over the region's own token count rather than the whole grid).
+  over the region's own token count rather than the whole grid). `generation.MaskGIT.inpaint` calls
+  it for images; with a box widened by `latent_box` and `steps=12, start_step=2` it is the JAX demo's
+  class-guided edit.
 * `outpaint`: extend a grid beyond its border, one model-sized window at a time; each window keeps
   `grid - chunk` known rows/columns as context and decodes `chunk` new ones (the paper extends right
   by 50 %; repeating gives panoramas).
-* `class_guided_edit`: the JAX demo's class-conditional editing: a pixel box becomes a token box with
-  a 1-token margin (`latent_box`), which is regenerated for a target class starting later in the
-  schedule (`start_step=2` of 12 steps).
 
 The pixel-space blend (upsampled, blurred region mask; out = gen·m + input·(1 − m)) needs the
-tokenizer's images and lives with the sampling CLI (`jobs/`).
+tokenizer's images and lives in `generation/regions.py`.
 
 Dimensions: B batch, h×w token grid (h = w = grid_size of the model), W a possibly wider canvas.
 """
@@ -27,8 +26,9 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
+from transformer.config import MAX_SEED
 from transformer.model import unwrap_model
-from transformer.sample import per_sample_generators, sample
+from transformer.sample import SampleTrace, per_sample_generators, sample
 
 DIRECTIONS = ("right", "left", "down", "up")
 
@@ -43,10 +43,11 @@ class TokenBox(NamedTuple):
 
 
 class EditResult(NamedTuple):
-    """Edited token grids and where they were regenerated."""
+    """Edited token grids, where they were regenerated, and the sampler's trace when asked for."""
 
     tokens: torch.Tensor  # LongTensor[B, h, W]
     region: torch.Tensor  # BoolTensor[B, h, W]: True where tokens were generated
+    trace: SampleTrace | None = None  # inpaint with return_trace=True: per-step (T', B, h, w)
 
 
 def latent_box(
@@ -120,10 +121,11 @@ def inpaint(
         tokens: LongTensor[B, h, w] of codes, h = w = the model's grid.
         region: BoolTensor[B, h, w] or [h, w] (same region for all), True = regenerate.
         class_ids: LongTensor[B] classes to condition on.
-        **sampling: keyword arguments of `sample()` (steps, temperature, cfg_weight, seeds, ...).
+        **sampling: keyword arguments of `sample()` (steps, temperature, cfg_weight, seeds,
+            start_step, return_trace, ...).
 
     Returns:
-        EditResult(tokens LongTensor[B, h, w], region BoolTensor[B, h, w]).
+        EditResult(tokens LongTensor[B, h, w], region BoolTensor[B, h, w], trace or None).
     """
     config = unwrap_model(model).config
     _check_grid(tokens, config.mask_token_id)
@@ -139,37 +141,7 @@ def inpaint(
         )
     init = torch.where(region, torch.full_like(tokens, config.mask_token_id), tokens)
     result = sample(model, class_ids, init_tokens=init, **sampling)
-    return EditResult(tokens=result.tokens, region=region.clone())
-
-
-def class_guided_edit(
-    model: nn.Module,
-    tokens: torch.Tensor,
-    box: TokenBox,
-    class_ids: torch.Tensor | Sequence[int],
-    *,
-    steps: int = 12,
-    start_step: int = 2,
-    **sampling: Any,
-) -> EditResult:
-    """JAX-demo class-guided editing: regenerate a token box for the target classes, starting later
-    in the schedule (12 steps from step 2, i.e. 10 forward passes, by default).
-
-    Args:
-        model: MaskTransformer (or wrapper).
-        tokens: LongTensor[B, h, w] of codes.
-        box: TokenBox to regenerate (see `latent_box` for pixel boxes with the demo's margin).
-        class_ids: LongTensor[B] target classes.
-        steps: schedule length T.
-        start_step: first step run.
-        **sampling: other keyword arguments of `sample()`.
-
-    Returns:
-        EditResult(tokens, region = the box).
-    """
-    grid = unwrap_model(model).config.grid_size
-    region = box_mask(box, grid, tokens.shape[0] if tokens.dim() == 3 else 1, device=tokens.device)
-    return inpaint(model, tokens, region, class_ids, steps=steps, start_step=start_step, **sampling)
+    return EditResult(tokens=result.tokens, region=region.clone(), trace=result.trace)
 
 
 def outpaint(
@@ -241,7 +213,7 @@ def outpaint(
         blank_shape[axis] = new
         blank = torch.full(blank_shape, config.mask_token_id, dtype=torch.long, device=canvas.device)
         window = torch.cat([context, blank] if at_end else [blank, context], dim=axis)  # (B, L, L)
-        window_seeds = [int(torch.randint(0, 2**62, (1,), generator=g)) for g in window_generators]
+        window_seeds = [int(torch.randint(0, MAX_SEED, (1,), generator=g)) for g in window_generators]
         decoded = sample(model, class_ids, init_tokens=window, seeds=window_seeds, **sampling).tokens
         fresh = decoded.narrow(axis, grid - new, new) if at_end else decoded.narrow(axis, 0, new)
         canvas = torch.cat([canvas, fresh] if at_end else [fresh, canvas], dim=axis)
