@@ -230,6 +230,6 @@ def test_bad_inputs_are_named(tokens_shape, class_ids, token_value, message):
 def test_config_rejects_inconsistent_sizes():
     with pytest.raises(ValueError, match="divisible"):
         TransformerConfig(hidden_size=100, num_heads=16)
-    with pytest.raises(ValueError, match="unknown TransformerConfig keys"):
+    with pytest.raises(ValueError, match="unknown TransformerConfig field"):
         TransformerConfig.from_dict({**SMALL.to_dict(), "n_layer": 3})
     assert TransformerConfig.from_dict(SMALL.to_dict()) == SMALL

@@ -15,13 +15,49 @@ D = `embed_dim` (code vector width).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+
+from weights.config_base import FrozenConfig
+from weights.families import named_preset
+
+
+class VQConfig(FrozenConfig):
+    """What both VQ tokenizer configs derive from `ch_mult` and `n_embed`: levels, f, K, the grid."""
+
+    ch_mult: tuple[int, ...]
+    n_embed: int
+
+    @property
+    def num_resolutions(self) -> int:
+        """Number of encoder/decoder levels."""
+        return len(self.ch_mult)
+
+    @property
+    def downsample_factor(self) -> int:
+        """Image side / token-grid side: 2^(len(ch_mult) - 1)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of codes K (taming and LlamaGen `n_embed` / `codebook_size`); token ids are 0..K-1."""
+        return self.n_embed
+
+    def grid_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (h, w) for an image of `height`×`width` pixels.
+
+        Raises:
+            ValueError: a side not divisible by `downsample_factor`.
+        """
+        f = self.downsample_factor
+        if height <= 0 or width <= 0 or height % f or width % f:
+            raise ValueError(
+                f"image size {height}x{width} is not a positive multiple of the downsampling factor {f}"
+            )
+        return height // f, width // f
 
 
 @dataclass(frozen=True)
-class VQGANConfig:
+class VQGANConfig(VQConfig):
     """Architecture of a taming-style VQGAN (Encoder, VectorQuantizer, Decoder).
 
     Attributes:
@@ -86,59 +122,6 @@ class VQGANConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"VQGANConfig.dropout must be in [0, 1), got {self.dropout}")
 
-    @property
-    def num_resolutions(self) -> int:
-        """Number of encoder/decoder levels."""
-        return len(self.ch_mult)
-
-    @property
-    def downsample_factor(self) -> int:
-        """Image side / token-grid side: 2^(len(ch_mult) - 1)."""
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def codebook_size(self) -> int:
-        """Number of codes K (taming `n_embed`); token ids are 0..K-1."""
-        return self.n_embed
-
-    def grid_shape(self, height: int, width: int) -> tuple[int, int]:
-        """Token grid (h, w) for an image of `height`×`width` pixels.
-
-        Raises:
-            ValueError: a side not divisible by `downsample_factor`.
-        """
-        f = self.downsample_factor
-        if height <= 0 or width <= 0 or height % f or width % f:
-            raise ValueError(
-                f"image size {height}x{width} is not a positive multiple of the downsampling factor {f}"
-            )
-        return height // f, width // f
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (tuples become lists)."""
-        return {
-            f.name: list(v) if isinstance(v, tuple) else v
-            for f in dataclasses.fields(self)
-            for v in [getattr(self, f.name)]
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VQGANConfig:
-        """Inverse of `to_dict`; missing fields take the reference defaults.
-
-        Raises:
-            ValueError: a key that is not a VQGANConfig field (named in the message).
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VQGANConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> VQGANConfig:
-        """A copy with some fields changed (validated like a new config)."""
-        return dataclasses.replace(self, **changes)
-
 
 PRESETS: dict[str, VQGANConfig] = {
     # Exactly taming's vqgan_imagenet_f16_1024: 72,141,699 parameters, 343 state-dict tensors.
@@ -176,14 +159,11 @@ def preset(name: str) -> VQGANConfig:
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown VQGAN preset {name!r}; known presets: {sorted(PRESETS)}") from None
+    return named_preset(PRESETS, name, "VQGAN")
 
 
 @dataclass(frozen=True)
-class LlamaGenVQConfig:
+class LlamaGenVQConfig(VQConfig):
     """Architecture of a LlamaGen VQ tokenizer, the tokenizer of the valeoai v2 (Halton) models.
 
     Defaults are the released `VQ-16` file (`vq_ds16_c2i.pt`): f = 16, 16,384 codes of width 8,
@@ -239,59 +219,6 @@ class LlamaGenVQConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LlamaGenVQConfig.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def num_resolutions(self) -> int:
-        """Number of encoder/decoder levels."""
-        return len(self.ch_mult)
-
-    @property
-    def downsample_factor(self) -> int:
-        """Image side / token-grid side: 2^(len(ch_mult) - 1)."""
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def codebook_size(self) -> int:
-        """Number of codes K; token ids are 0..K-1."""
-        return self.n_embed
-
-    def grid_shape(self, height: int, width: int) -> tuple[int, int]:
-        """Token grid (h, w) for an image of `height`×`width` pixels.
-
-        Raises:
-            ValueError: a side not divisible by `downsample_factor`.
-        """
-        f = self.downsample_factor
-        if height <= 0 or width <= 0 or height % f or width % f:
-            raise ValueError(
-                f"image size {height}x{width} is not a positive multiple of the downsampling factor {f}"
-            )
-        return height // f, width // f
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (tuples become lists)."""
-        return {
-            f.name: list(v) if isinstance(v, tuple) else v
-            for f in dataclasses.fields(self)
-            for v in [getattr(self, f.name)]
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LlamaGenVQConfig:
-        """Inverse of `to_dict`; missing fields take the released VQ-16 values.
-
-        Raises:
-            ValueError: a key that is not a LlamaGenVQConfig field (named in the message).
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown LlamaGenVQConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> LlamaGenVQConfig:
-        """A copy with some fields changed (validated like a new config)."""
-        return dataclasses.replace(self, **changes)
 
 
 LLAMAGEN_PRESETS: dict[str, LlamaGenVQConfig] = {

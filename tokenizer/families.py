@@ -14,15 +14,19 @@ from typing import Any
 from tokenizer.config import LLAMAGEN_PRESETS, PRESETS, LlamaGenVQConfig, VQGANConfig
 from tokenizer.llamagen import LlamaGenVQ
 from tokenizer.vqgan import VQGAN
+from weights.families import Family, FamilyRegistry
 
 TokenizerConfig = VQGANConfig | LlamaGenVQConfig
 Tokenizer = VQGAN | LlamaGenVQ
 
-FAMILIES: dict[str, tuple[type[VQGANConfig] | type[LlamaGenVQConfig], type[VQGAN] | type[LlamaGenVQ]]] = {
-    "vqgan": (VQGANConfig, VQGAN),
-    "llamagen-vq": (LlamaGenVQConfig, LlamaGenVQ),
-}
-TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {**PRESETS, **LLAMAGEN_PRESETS}
+REGISTRY: FamilyRegistry[TokenizerConfig, Tokenizer] = FamilyRegistry(
+    kind="tokenizer",
+    families={"vqgan": Family(VQGANConfig, VQGAN), "llamagen-vq": Family(LlamaGenVQConfig, LlamaGenVQ)},
+    default_family="vqgan",  # configs stored before the `family` field existed
+    presets={**PRESETS, **LLAMAGEN_PRESETS},
+)
+FAMILIES = REGISTRY.families
+TOKENIZER_PRESETS = REGISTRY.presets
 
 
 def tokenizer_config_from_dict(values: dict[str, Any]) -> TokenizerConfig:
@@ -31,19 +35,12 @@ def tokenizer_config_from_dict(values: dict[str, Any]) -> TokenizerConfig:
     Raises:
         ValueError: an unknown family, or fields the family's config does not have (named).
     """
-    family = values.get("family", "vqgan")
-    if family not in FAMILIES:
-        raise ValueError(f"unknown tokenizer family {family!r}; known families: {sorted(FAMILIES)}")
-    return FAMILIES[family][0].from_dict(values)
+    return REGISTRY.config_from_dict(values)
 
 
 def build_tokenizer(config: TokenizerConfig) -> Tokenizer:
     """A freshly initialised tokenizer of `config`'s family."""
-    if isinstance(config, VQGANConfig):
-        return VQGAN(config)
-    if isinstance(config, LlamaGenVQConfig):
-        return LlamaGenVQ(config)
-    raise TypeError(f"expected a VQGANConfig or LlamaGenVQConfig, got {type(config).__name__}")
+    return REGISTRY.build(config)
 
 
 def tokenizer_preset(name: str) -> TokenizerConfig:
@@ -52,8 +49,4 @@ def tokenizer_preset(name: str) -> TokenizerConfig:
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    try:
-        return TOKENIZER_PRESETS[name]
-    except KeyError:
-        known = sorted(TOKENIZER_PRESETS)
-        raise ValueError(f"unknown tokenizer preset {name!r}; known presets: {known}") from None
+    return REGISTRY.preset(name)

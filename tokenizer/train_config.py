@@ -6,7 +6,6 @@ round-trip it through `training_config.json`.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +13,11 @@ from tokenizer.config import PRESETS, LlamaGenVQConfig, VQGANConfig
 from tokenizer.families import tokenizer_config_from_dict
 from tokenizer.losses import RECONSTRUCTION_KINDS
 from tokenizer.perceptual import PERCEPTUAL_KINDS
+from weights.config_base import FrozenConfig
 
 
 @dataclass(frozen=True)
-class TokenizerTrainingConfig:
+class TokenizerTrainingConfig(FrozenConfig):
     """Everything that decides a tokenizer training run (taming's values where it has one).
 
     Attributes:
@@ -87,18 +87,8 @@ class TokenizerTrainingConfig:
         """The resolved `disc_start`."""
         return self.steps // 2 if self.disc_start is None else self.disc_start
 
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["vqgan"] = self.vqgan.to_dict()
-        return data
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenizerTrainingConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TokenizerTrainingConfig field(s) {unknown}")
-        data = dict(data)
-        if isinstance(data.get("vqgan"), dict):
-            data["vqgan"] = tokenizer_config_from_dict(data["vqgan"])
-        return cls(**data)
+    def _from_stored(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(values.get("vqgan"), dict):  # the nested architecture, of either family
+            values["vqgan"] = tokenizer_config_from_dict(values["vqgan"])
+        return values

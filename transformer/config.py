@@ -20,15 +20,38 @@ family in a `family` field.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from transformer.masking import check_schedule
+from weights.config_base import FrozenConfig
+
+
+class TokenGridConfig(FrozenConfig):
+    """What both transformer configs derive alike: [MASK] = K, N = grid², the head width."""
+
+    codebook_size: int
+    grid_size: int
+    hidden_size: int
+    num_heads: int
+
+    @property
+    def mask_token_id(self) -> int:
+        """Id of [MASK] in token grids (= codebook_size, as in both references)."""
+        return self.codebook_size
+
+    @property
+    def num_tokens(self) -> int:
+        """N = grid_size², image tokens per sample."""
+        return self.grid_size * self.grid_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(TokenGridConfig):
     """Hyper-parameters of `MaskTransformer`; defaults are the reference base model.
 
     Attributes:
@@ -71,11 +94,6 @@ class TransformerConfig:
             raise ValueError(f"TransformerConfig.dropout must be in [0, 1), got {self.dropout}")
 
     @property
-    def mask_token_id(self) -> int:
-        """Id of [MASK] in token grids (= codebook_size, as in the reference)."""
-        return self.codebook_size
-
-    @property
     def first_class_id(self) -> int:
         """Vocabulary id of class 0; class c is `first_class_id + c`."""
         return self.codebook_size + 1
@@ -91,30 +109,9 @@ class TransformerConfig:
         return self.codebook_size + self.num_classes + 2
 
     @property
-    def num_tokens(self) -> int:
-        """N = grid_size², image tokens per sample."""
-        return self.grid_size * self.grid_size
-
-    @property
     def sequence_length(self) -> int:
         """N + 1: image tokens followed by the class token."""
         return self.num_tokens + 1
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TransformerConfig:
-        """Build from a dict (e.g. config.json), naming unknown keys instead of ignoring them."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TransformerConfig keys: {unknown} (known: {sorted(known)})")
-        return cls(**values)
 
 
 PRESETS: dict[str, TransformerConfig] = {
@@ -133,7 +130,7 @@ PRESETS: dict[str, TransformerConfig] = {
 
 
 @dataclass(frozen=True)
-class HaltonConfig:
+class HaltonConfig(TokenGridConfig):
     """Hyper-parameters of `HaltonTransformer` (valeoai v2); defaults are the released base model at 256 px.
 
     The vocabulary differs from `TransformerConfig`'s: classes are not tokens. Token ids are the K
@@ -186,11 +183,6 @@ class HaltonConfig:
             raise ValueError(f"HaltonConfig.dropout must be in [0, 1), got {self.dropout}")
 
     @property
-    def mask_token_id(self) -> int:
-        """Id of [MASK] in token grids (= codebook_size)."""
-        return self.codebook_size
-
-    @property
     def null_class_id(self) -> int:
         """Row of the class embedding used for the unconditional (dropped) class: C."""
         return self.num_classes
@@ -201,18 +193,9 @@ class HaltonConfig:
         return self.codebook_size + 1
 
     @property
-    def num_tokens(self) -> int:
-        """N = grid_size², image tokens per sample."""
-        return self.grid_size * self.grid_size
-
-    @property
     def sequence_length(self) -> int:
         """N image tokens followed by the register tokens."""
         return self.num_tokens + self.num_registers
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
 
     @property
     def attention_width(self) -> int:
@@ -225,22 +208,6 @@ class HaltonConfig:
         multiple = self.ffn_multiple_of
         return multiple * -(-(2 * self.mlp_size // 3) // multiple)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> HaltonConfig:
-        """A copy with some fields changed (validated like a new config)."""
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> HaltonConfig:
-        """Build from a dict (e.g. config.json), naming unknown keys instead of ignoring them."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown HaltonConfig keys: {unknown} (known: {sorted(known)})")
-        return cls(**values)
-
 
 # The reference's model sizes (its `transformer_size`): name -> (width, depth, heads); mlp_dim = 4·width.
 HALTON_SIZES: dict[str, tuple[int, int, int]] = {
@@ -250,13 +217,26 @@ HALTON_SIZES: dict[str, tuple[int, int, int]] = {
     "large": (1024, 24, 16),
     "xlarge": (1152, 28, 16),
 }
+# The v2 models read LlamaGen VQ-16 tokens (f = 16): a reference preset's image side is its grid × 16.
+HALTON_TOKENIZER_FACTOR = 16
+
+
+def halton_preset_name(resolution: int, size: str) -> str:
+    """The name of the v2 reference's model `size` at `resolution` px ("halton-imagenet256-base");
+    models and sampling settings use the same name."""
+    return f"halton-imagenet{resolution}-{size}"
+
 
 HALTON_PRESETS: dict[str, HaltonConfig] = {
     # Every reference size at 256 px (16×16) and 384 px (24×24). Released: 256 tiny/small/base,
     # 384 small/base/large; xlarge is defined by the reference but was not released.
     **{
-        f"halton-imagenet{resolution}-{size}": HaltonConfig(
-            grid_size=resolution // 16, hidden_size=width, depth=depth, num_heads=heads, mlp_size=4 * width
+        halton_preset_name(resolution, size): HaltonConfig(
+            grid_size=resolution // HALTON_TOKENIZER_FACTOR,
+            hidden_size=width,
+            depth=depth,
+            num_heads=heads,
+            mlp_size=4 * width,
         )
         for resolution in (256, 384)
         for size, (width, depth, heads) in HALTON_SIZES.items()
@@ -289,7 +269,7 @@ ORDERS = ("confidence", "halton")
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(FrozenConfig):
     """Decoding knobs of `sample()`; defaults are the reference's ImageNet-256 settings.
 
     Attributes:
@@ -359,20 +339,9 @@ class SamplingConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def as_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `transformer.sample(model, class_ids, **config.as_kwargs())`."""
         return self.to_dict()
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SamplingConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown SamplingConfig keys: {unknown} (known: {sorted(known)})")
-        return cls(**values)
 
 
 SAMPLING_PRESETS: dict[str, SamplingConfig] = {
@@ -383,7 +352,7 @@ SAMPLING_PRESETS: dict[str, SamplingConfig] = {
     # the README's per model (FID 10.2 / 6.40 / 4.17 at 256, 6.11 / 4.15 / 2.59 at 384); the rest is
     # the released evaluation script's (temperature 1, one warm-up step, no randomisation).
     **{
-        f"halton-imagenet{resolution}-{size}": SamplingConfig(
+        halton_preset_name(resolution, size): SamplingConfig(
             steps=32,
             gumbel_temperature=0.0,
             cfg_weight=weight,
@@ -418,7 +387,7 @@ def halton_sampling_config(config: HaltonConfig) -> SamplingConfig:
     """The v2 reference's sampling settings for a released model size, else its training-time sampler."""
     for size, (width, depth, heads) in HALTON_SIZES.items():
         if (config.hidden_size, config.depth, config.num_heads) == (width, depth, heads):
-            name = f"halton-imagenet{config.grid_size * 16}-{size}"
+            name = halton_preset_name(config.grid_size * HALTON_TOKENIZER_FACTOR, size)
             if name in SAMPLING_PRESETS:
                 return SAMPLING_PRESETS[name]
     return SAMPLING_PRESETS["halton"]

@@ -21,14 +21,21 @@ from transformer.config import (
 )
 from transformer.halton import HaltonTransformer
 from transformer.model import MaskPredictor, MaskTransformer
+from weights.families import Family, FamilyRegistry
 
 ModelConfig = TransformerConfig | HaltonConfig
 
-FAMILIES: dict[str, tuple[type[TransformerConfig] | type[HaltonConfig], type[MaskPredictor]]] = {
-    "maskgit": (TransformerConfig, MaskTransformer),
-    "halton": (HaltonConfig, HaltonTransformer),
-}
-TRANSFORMER_PRESETS: dict[str, ModelConfig] = {**PRESETS, **HALTON_PRESETS}
+REGISTRY: FamilyRegistry[ModelConfig, MaskPredictor] = FamilyRegistry(
+    kind="transformer",
+    families={
+        "maskgit": Family(TransformerConfig, MaskTransformer),
+        "halton": Family(HaltonConfig, HaltonTransformer),
+    },
+    default_family="maskgit",  # configs stored before the `family` field existed
+    presets={**PRESETS, **HALTON_PRESETS},
+)
+FAMILIES = REGISTRY.families
+TRANSFORMER_PRESETS = REGISTRY.presets
 
 
 def transformer_config_from_dict(values: dict[str, Any]) -> ModelConfig:
@@ -37,19 +44,12 @@ def transformer_config_from_dict(values: dict[str, Any]) -> ModelConfig:
     Raises:
         ValueError: an unknown family, or keys the family's config does not have (named).
     """
-    family = values.get("family", "maskgit")
-    if family not in FAMILIES:
-        raise ValueError(f"unknown transformer family {family!r}; known families: {sorted(FAMILIES)}")
-    return FAMILIES[family][0].from_dict(values)
+    return REGISTRY.config_from_dict(values)
 
 
 def build_transformer(config: ModelConfig) -> MaskPredictor:
     """A freshly initialised transformer of `config`'s family."""
-    if isinstance(config, TransformerConfig):
-        return MaskTransformer(config)
-    if isinstance(config, HaltonConfig):
-        return HaltonTransformer(config)
-    raise TypeError(f"expected a TransformerConfig or HaltonConfig, got {type(config).__name__}")
+    return REGISTRY.build(config)
 
 
 def transformer_preset(name: str) -> ModelConfig:
@@ -58,11 +58,7 @@ def transformer_preset(name: str) -> ModelConfig:
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    try:
-        return TRANSFORMER_PRESETS[name]
-    except KeyError:
-        known = sorted(TRANSFORMER_PRESETS)
-        raise ValueError(f"unknown transformer preset {name!r}; known presets: {known}") from None
+    return REGISTRY.preset(name)
 
 
 def reference_sampling(config: ModelConfig) -> SamplingConfig:

@@ -20,15 +20,16 @@ with others (`transformer.sample` draws each image's noise from its own seed).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+
+from weights.config_base import FrozenConfig
 
 # Seeds are in [0, MAX_SEED): integers a JavaScript client (the web page) holds exactly, and that a
 # JSON Schema validator comparing in float64 bounds exactly.
@@ -61,7 +62,7 @@ Integer = integer()
 
 
 @dataclass(frozen=True)
-class ServeOptions:
+class ServeOptions(FrozenConfig):
     """How to build and run the service; defaults suit one CPU replica on a laptop.
 
     Attributes:
@@ -118,6 +119,7 @@ class ServeOptions:
     max_payload_bytes: int = 8 * 2**20
     max_image_side: int = 2048
     storage_options: dict[str, Any] | None = None
+    unknown_key_label: ClassVar[str] = "serve option"
 
     def __post_init__(self) -> None:
         for name in ("transformer", "tokenizer"):
@@ -173,19 +175,11 @@ class ServeOptions:
         """
         return 2 * self.max_batch_images
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ServeOptions:
-        """Build from a dict (YAML `args`, `serve run` key=value strings), converting strings to the
-        field types and naming unknown keys."""
+    def _from_stored(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """YAML `args` and `serve run` key=value strings: convert strings to the field types."""
         hints = typing.get_type_hints(cls)
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown serve option(s) {unknown}; known options: {sorted(known)}")
-        return cls(**{key: _coerce(key, value, hints[key]) for key, value in values.items()})
+        return {key: _coerce(key, value, hints[key]) for key, value in values.items()}
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -9,15 +9,15 @@ the loss on all tokens.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from jobs.train.deepspeed_config import PRECISIONS, OptimizerSettings
+from weights.config_base import FrozenConfig
 
 
 @dataclass(frozen=True)
-class TrainJobConfig:
+class TrainJobConfig(FrozenConfig):
     """Everything one training run needs; `to_dict`/`from_dict` round-trip through JSON.
 
     Attributes:
@@ -84,6 +84,7 @@ class TrainJobConfig:
     loader_workers: int = 0
     cache_dir: str | None = None
     max_failures: int = 0
+    unknown_key_label: ClassVar[str] = "training setting"
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (1, 2, 3):
@@ -109,19 +110,11 @@ class TrainJobConfig:
     def checkpoint_uri(self) -> str:
         return self.checkpoint_dir or f"{self.out.rstrip('/')}/checkpoints"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainJobConfig:
-        values = dict(values)
-        optimizer = values.pop("optimizer", {}) or {}
-        if isinstance(optimizer, dict):
-            optimizer = OptimizerSettings(
+    def _from_stored(cls, values: dict[str, Any]) -> dict[str, Any]:
+        optimizer = values.get("optimizer") or {}
+        if isinstance(optimizer, dict):  # nested settings; JSON gives `betas` as a list
+            values["optimizer"] = OptimizerSettings(
                 **{**optimizer, "betas": tuple(optimizer.get("betas", OptimizerSettings().betas))}
             )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings: {unknown}")
-        return cls(optimizer=optimizer, **values)
+        return values
