@@ -7,7 +7,7 @@ other settings is an error, not a silent mix. Shards whose commit record exists 
 verifies are skipped; the others stream through Ray, one shard at a time per stage:
 
     shard task --_prepare (CPU task)--> images, labels, rejects   read + decode + short-side resize + crop
-               --_TokenizeShards.encode (actor)--> tokens         VQGAN loaded once per actor
+               --TokenizeBatch (Ray actor)--> tokens              VQGAN loaded once per actor
                --_write (CPU task)--> one shard object + its commit record (TokenStoreWriter.write_shard)
 
 The tokenizer actors are started before the driver lists the input (for a store without a manifest:
@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import itertools
 import logging
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -139,27 +138,6 @@ def _prepare(task_json: str, *, resolution: int, storage_options, class_map) -> 
     }
 
 
-class _TokenizeShards:
-    """Actor: the VQGAN, loaded once (TokenizeBatch); `encode` turns one prepared shard into tokens."""
-
-    def __init__(self, tokenizer: str, *, flip, batch_size, threads, actors, storage_options):
-        from pipeline.tokenize import TokenizeBatch
-
-        if threads is None:
-            import torch
-
-            threads = max(1, (os.cpu_count() or 1) // actors) if not torch.cuda.is_available() else None
-        self.stage = TokenizeBatch(
-            tokenizer, flip=flip, batch_size=batch_size, num_threads=threads, storage_options=storage_options
-        )
-
-    def encode(self, prepared: dict[str, Any]) -> dict[str, Any]:
-        """`_prepare`'s dict with "images" replaced by "tokens" (n, V, h, w) uint16."""
-        result = {key: value for key, value in prepared.items() if key != "images"}
-        result["tokens"] = self.stage.encode(prepared["images"])
-        return result
-
-
 def _write(encoded: dict[str, Any], *, output, store_format, storage_options) -> tuple[int, ShardCommit]:
     """Tokens of one shard -> one shard object + its commit record; returns (index, commit)."""
     labels = encoded["labels"]
@@ -177,14 +155,17 @@ def _write(encoded: dict[str, Any], *, output, store_format, storage_options) ->
 def _tokenizer_actors(options: TokenizeOptions) -> Iterator[list]:
     """Join or start Ray and start the tokenizer actors; they are killed (and a Ray this call started
     is shut down) when the block ends. The actors load the VQGAN in the background: the caller plans
-    meanwhile, and the first `encode` call waits for its actor's start-up."""
+    meanwhile, and the first call waits for its actor's start-up. Each actor is a `TokenizeBatch`
+    (pipeline/tokenize.py) as it is: the job calls its `__call__` on each prepared shard."""
     import ray
+
+    from pipeline.tokenize import TokenizeBatch
 
     with ray_session(options.ray_address, num_cpus=options.num_cpus):
         gpus = options.num_gpus_per_actor
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        actor_class = ray.remote(_TokenizeShards).options(
+        actor_class = ray.remote(TokenizeBatch).options(
             num_cpus=options.num_cpus_per_actor, num_gpus=gpus, max_restarts=3, max_task_retries=3
         )
         actors = [
@@ -192,8 +173,8 @@ def _tokenizer_actors(options: TokenizeOptions) -> Iterator[list]:
                 options.tokenizer,
                 flip=options.flip,
                 batch_size=options.batch_size,
-                threads=options.threads_per_actor,
-                actors=options.actors,
+                num_threads=options.threads_per_actor,
+                instances_per_node=options.actors,  # a CPU actor's torch threads: the node's cores / actors
                 storage_options=options.storage_options,
             )
             for _ in range(options.actors)
@@ -206,7 +187,7 @@ def _tokenizer_actors(options: TokenizeOptions) -> Iterator[list]:
 
 
 def _run_pending(options: TokenizeOptions, actors: list, pending, *, class_map) -> dict[int, ShardCommit]:
-    """Stream the pending shard tasks through prepare (CPU tasks) -> an actor's encode -> write (tasks).
+    """Stream the pending shard tasks through prepare (CPU tasks) -> an actor's call -> write (tasks).
 
     At most `2 · actors + 2` shards are in flight (submitted, not committed), which bounds memory and
     keeps each actor's next shard decoded before it finishes the current one. Each shard goes to the
@@ -226,7 +207,7 @@ def _run_pending(options: TokenizeOptions, actors: list, pending, *, class_map) 
         prepared = prepare.remote(
             task.to_json(), resolution=options.resolution, storage_options=so, class_map=class_map
         )
-        encoded = actors[actor].encode.remote(prepared)
+        encoded = actors[actor].__call__.remote(prepared)  # TokenizeBatch: "images" -> "tokens"
         ref = write.remote(
             encoded, output=options.output, store_format=options.store_format, storage_options=so
         )

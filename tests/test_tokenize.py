@@ -66,6 +66,21 @@ def test_bad_batches_are_named(tiny_tokenizer, fashion_mnist_small):
     assert stage.encode(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0, 1, 8, 8)
 
 
+def test_instances_on_one_node_split_its_cores(tiny_tokenizer):
+    # The tokenize job's CPU actors: each takes the node's cores / actors torch threads.
+    import os
+
+    _, path = tiny_tokenizer
+    before = torch.get_num_threads()
+    try:
+        TokenizeBatch(path, device="cpu", instances_per_node=2 * (os.cpu_count() or 1))
+        assert torch.get_num_threads() == 1
+        TokenizeBatch(path, device="cpu", num_threads=2, instances_per_node=64)  # explicit wins
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.s3
 def test_tokenizer_is_loaded_from_s3(tiny_tokenizer, s3_server, fashion_mnist_small):
     import fsspec

@@ -187,14 +187,16 @@ class SamplerEngine:
         pipe = self.pipe
         class_ids = [c for job in group for c in job.class_ids]
         seeds = [s for job in group for s in job.seeds]
-        init = None
+        sampling = group[0].sampling
         if group[0].kind == "inpaint":
             counts = torch.tensor([job.num_images for job in group])
             known = torch.cat([pipe.encode(job.image[None]).cpu() for job in group])  # (J, h, w), a call each
             region = torch.from_numpy(np.stack([job.region for job in group]))  # (J, h, w)
-            init = torch.where(region, pipe.config.mask_token_id, known).repeat_interleave(counts, dim=0)
-        sampling = group[0].sampling
-        tokens = pipe.sample_tokens(class_ids, seeds=seeds, sampling=sampling, init_tokens=init).tokens.cpu()
+            known, region = known.repeat_interleave(counts, dim=0), region.repeat_interleave(counts, dim=0)
+            result = pipe.inpaint_tokens(known, region, class_ids, seeds=seeds, sampling=sampling)
+        else:
+            result = pipe.sample_tokens(class_ids, seeds=seeds, sampling=sampling)
+        tokens = result.tokens.cpu()
         # Each job's images get a decoder call of their own: the decoder's last bits depend on its batch
         # (see generation/continuous.py), and a job's pixels must not depend on the others.
         outputs, start = [], 0
