@@ -27,10 +27,9 @@ import torch
 
 from tokenizer.config import LlamaGenVQConfig
 from tokenizer.llamagen import LlamaGenVQ
-from weights.strict import check_layout, shorten_keys
+from weights.strict import check_layout, layout_of, read_torch_file, shorten_keys, strip_wrapper_prefixes
 
 STATE_DICT_ENTRIES = ("model", "ema", "state_dict")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _ENCODER_RES = re.compile(r"^encoder\.conv_blocks\.(\d+)\.res\.(\d+)\.conv2\.weight$")
 
 
@@ -43,9 +42,7 @@ class LlamaGenCheckpoint(NamedTuple):
 
 def expected_shapes(config: LlamaGenVQConfig) -> dict[str, tuple[int, ...]]:
     """Key -> shape of `LlamaGenVQ(config).state_dict()`, in order, without allocating weights."""
-    with torch.device("meta"):
-        model = LlamaGenVQ(config)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    return layout_of(LlamaGenVQ, config)
 
 
 def _refuse_other_families(state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -115,20 +112,8 @@ def infer_llamagen_config(
 
 
 def _load_payload(path: Path) -> Any:
-    unreadable = f"{path}: cannot be read as a weights-only torch checkpoint"
     # argparse.Namespace is LlamaGen's stored "args": a plain attribute bag, safe to rebuild.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            # mmap: a training file's optimizer and discriminator entries are never read into memory.
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:
-            pass  # legacy (non-zip) serialization cannot be memory-mapped
-        except Exception as error:  # torch raises several types for corrupt / pickled-code files
-            raise ValueError(f"{unreadable} ({error})") from error
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"{unreadable} ({error})") from error
+    return read_torch_file(path, allowed=[argparse.Namespace])
 
 
 def _state_dict_of(payload: Any, source: str) -> dict[str, torch.Tensor]:
@@ -146,9 +131,7 @@ def _state_dict_of(payload: Any, source: str) -> dict[str, torch.Tensor]:
                 f"{source}: expected a dict with one of {list(STATE_DICT_ENTRIES)} (LlamaGen VQ checkpoint) "
                 f"or a bare state dict, found entries {sorted(map(str, payload))[:10]}"
             )
-    for prefix in _WRAPPER_PREFIXES:  # DDP / torch.compile prefixes, only when every key has them
-        if state_dict and all(key.startswith(prefix) for key in state_dict):
-            state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}
+    state_dict = strip_wrapper_prefixes(state_dict)  # only when every key has them
     not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
         raise ValueError(f"{source}: entries that are not tensors: {shorten_keys(not_tensors)}")

@@ -10,7 +10,7 @@ codebook size K and classes C from shapes alone: the released files (V = 2026) a
 C = 1000, and other files need `num_classes` or `codebook_size`.
 
 The reference itself loads with `strict=False`; here every key is checked (in
-`transformer.checkpoint.load_state_dict_strictly`) and a mismatch is an error that names it.
+`weights.strict.load_state_dict_strictly`) and a mismatch is an error that names it.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import NamedTuple
 import torch
 
 from transformer.config import SamplingConfig, TransformerConfig, reference_sampling_config
+from weights.strict import read_torch_file, strip_wrapper_prefixes
 
 REFERENCE_NUM_HEADS = 16
 REFERENCE_DROPOUT = 0.1
 # The released ImageNet checkpoints: 1024 taming VQGAN codes, 1000 classes.
 RELEASED_VOCAB = (1024, 1000)
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _LAYER_KEY = re.compile(r"^transformer\.layers\.(\d+)\.")
 
 
@@ -40,14 +40,6 @@ class ReferenceCheckpoint(NamedTuple):
     sampling: SamplingConfig  # the reference's published settings for this resolution
     iteration: int | None
     epoch: int | None
-
-
-def _strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # DDP ("module.") and torch.compile ("_orig_mod.") prefixes, only when every key carries them.
-    for prefix in _WRAPPER_PREFIXES:
-        if state_dict and all(key.startswith(prefix) for key in state_dict):
-            state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}
-    return state_dict
 
 
 def _require(state_dict: dict[str, torch.Tensor], key: str, dims: int, source: str) -> torch.Size:
@@ -152,20 +144,7 @@ def read_reference_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no reference checkpoint file at {path}")
-    try:
-        # mmap: the optimizer state in the same file (2x the weights) is never read into memory.
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        payload = None  # legacy (non-zip) serialization cannot be memory-mapped
-    except Exception as error:  # torch raises several types for corrupt / pickled-code files
-        raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint ({error})") from error
-    if payload is None:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(
-                f"{path}: cannot be read as a weights-only torch checkpoint ({error})"
-            ) from error
+    payload = read_torch_file(path)  # memory-mapped: the optimizer state (2x the weights) stays on disk
     if isinstance(payload, dict) and "model_state_dict" in payload:
         state_dict = payload["model_state_dict"]
     elif isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -173,7 +152,7 @@ def read_reference_checkpoint(
     else:
         keys = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: expected a dict with 'model_state_dict' (valeoai .pth), found {keys}")
-    state_dict = _strip_wrapper_prefixes(dict(state_dict))
+    state_dict = strip_wrapper_prefixes(state_dict)  # only when every key carries them
     config = infer_reference_config(
         state_dict,
         num_classes=num_classes,

@@ -28,10 +28,9 @@ import torch
 
 from transformer.config import HALTON_SIZES, HaltonConfig
 from transformer.halton import HaltonTransformer
-from weights.strict import check_layout
+from weights.strict import check_layout, layout_of, read_torch_file, strip_wrapper_prefixes
 
 REFERENCE_DROPOUT = 0.1  # training value of the released models; inference ignores it
-_WRAPPER_SUBSTRINGS = ("module.", "_orig_mod.")
 _LAYER_KEY = re.compile(r"^transformer\.layers\.(\d+)\.")
 
 
@@ -44,9 +43,7 @@ class HaltonCheckpoint(NamedTuple):
 
 def expected_shapes(config: HaltonConfig) -> dict[str, tuple[int, ...]]:
     """Key -> shape of `HaltonTransformer(config).state_dict()`, in order, without allocating weights."""
-    with torch.device("meta"):
-        model = HaltonTransformer(config)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    return layout_of(HaltonTransformer, config)
 
 
 def _refuse_other_families(state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -129,21 +126,6 @@ def infer_halton_config(
     )
 
 
-def _load_payload(path: Path) -> Any:
-    unreadable = f"{path}: cannot be read as a weights-only torch checkpoint"
-    try:
-        # mmap: the optimizer state in the same file (2x the weights) is never read into memory.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        pass  # legacy (non-zip) serialization cannot be memory-mapped
-    except Exception as error:  # torch raises several types for corrupt / pickled-code files
-        raise ValueError(f"{unreadable} ({error})") from error
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{unreadable} ({error})") from error
-
-
 def _state_dict_of(payload: Any, source: str) -> dict[str, torch.Tensor]:
     if isinstance(payload, dict) and isinstance(payload.get("model_state_dict"), dict):
         state_dict = payload["model_state_dict"]
@@ -152,17 +134,10 @@ def _state_dict_of(payload: Any, source: str) -> dict[str, torch.Tensor]:
     else:
         found = sorted(map(str, payload))[:10] if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{source}: expected a dict with 'model_state_dict' (v2 .pth), found {found}")
-    renamed: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        name = key
-        for substring in _WRAPPER_SUBSTRINGS:  # removed wherever they occur, as the reference does
-            name = name.replace(substring, "")
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        if name in renamed:
-            raise ValueError(f"{source}: two entries become {name!r} once wrapper prefixes are removed")
-        renamed[name] = value
-    return renamed
+    return strip_wrapper_prefixes(state_dict, anywhere=True, source=source)  # as the reference does
 
 
 def read_halton_checkpoint(
@@ -186,7 +161,7 @@ def read_halton_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no Halton transformer checkpoint file at {path}")
-    state_dict = _state_dict_of(_load_payload(path), str(path))
+    state_dict = _state_dict_of(read_torch_file(path), str(path))
     _refuse_other_families(state_dict, str(path))
     if config is None:
         config = infer_halton_config(state_dict, num_heads=num_heads, source=str(path))
@@ -205,7 +180,7 @@ def is_halton_checkpoint(path: str | Path) -> bool:
     if not path.is_file():
         return False
     try:
-        state_dict = _state_dict_of(_load_payload(path), str(path))
+        state_dict = _state_dict_of(read_torch_file(path), str(path))
     except ValueError:
         return False
     return "cls_emb.weight" in state_dict

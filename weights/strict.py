@@ -9,13 +9,17 @@ key prefixes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 # How many keys of each kind an error message lists before "... and N more".
 SHOWN_KEYS = 10
+# Key prefixes of wrapped models: DDP / DeepSpeed engines (`.module`), torch.compile (`._orig_mod`).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Wrappers nest at most a few deep (DeepSpeed engine around a compiled module); a cycle must not hang.
 _MAX_WRAPPER_DEPTH = 8
 
@@ -37,6 +41,72 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
         model = inner
     return model
+
+
+def strip_wrapper_prefixes(
+    state_dict: Mapping[str, Any], *, anywhere: bool = False, source: str = "state dict"
+) -> dict[str, Any]:
+    """`state_dict` with the wrapper prefixes (`module.`, `_orig_mod.`) taken out of its keys.
+
+    Args:
+        state_dict: tensors by key, as a wrapped model saved them.
+        anywhere: False (the v1 and LlamaGen readers): each prefix is removed from the start of the
+            keys only when every key carries it. True (the v2 reference's own loader): every
+            occurrence of each prefix is removed from every key, wherever it stands.
+        source: what the tensors come from, for the message.
+
+    Raises:
+        ValueError: (`anywhere`) two keys become the same once the prefixes are removed.
+    """
+    if not anywhere:
+        stripped = dict(state_dict)
+        for prefix in WRAPPER_PREFIXES:
+            if stripped and all(key.startswith(prefix) for key in stripped):
+                stripped = {key[len(prefix) :]: value for key, value in stripped.items()}
+        return stripped
+    renamed: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        name = key
+        for prefix in WRAPPER_PREFIXES:
+            name = name.replace(prefix, "")
+        if name in renamed:
+            raise ValueError(f"{source}: two entries become {name!r} once wrapper prefixes are removed")
+        renamed[name] = value
+    return renamed
+
+
+def read_torch_file(path: str | Path, *, allowed: Iterable[type] = ()) -> Any:
+    """What `torch.save` wrote to `path`, read with `weights_only=True` (no pickled code runs).
+
+    The file is memory-mapped where its serialisation allows it, so entries a reader never touches
+    (an optimizer's moments beside the weights) are never read into memory.
+
+    Args:
+        path: the file.
+        allowed: further classes the file may hold, rebuilt as inert data (e.g. `argparse.Namespace`).
+
+    Raises:
+        ValueError: the file cannot be read weights-only (corrupt, or it pickles other code).
+    """
+    unreadable = f"{path}: cannot be read as a weights-only torch checkpoint"
+    with torch.serialization.safe_globals(list(allowed)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            pass  # legacy (non-zip) serialization cannot be memory-mapped
+        except Exception as error:  # torch raises several types for corrupt / pickled-code files
+            raise ValueError(f"{unreadable} ({error})") from error
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{unreadable} ({error})") from error
+
+
+def layout_of(build: Callable[[Any], nn.Module], config: Any) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of `build(config).state_dict()`, in order, built on the meta device (no weights)."""
+    with torch.device("meta"):
+        model = build(config)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 def _listed(label: str, items: list[str]) -> str:
