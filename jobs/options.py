@@ -106,7 +106,8 @@ def prefixed_values(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
 
 SAMPLING_HELP = {
     "steps": "decoding steps T (forward passes)",
-    "schedule": "masking schedule: arccos, cosine, linear, square, root, jax-cosine, ...",
+    "schedule": "how many tokens each step reveals: arccos, cosine, linear, square, root, halton, arccos-v2, "
+    "jax-cosine, ... (any order)",
     "temperature": "divides the logits (the reference's sm_temp s is temperature 1/s)",
     "gumbel_temperature": "Gumbel noise scale on confidences at the first step (decays to 0)",
     "cfg_weight": "classifier-free guidance weight (0: conditional only)",
@@ -150,6 +151,16 @@ def add_sampling_arguments(
             else {"type": _SAMPLING_TYPES.get(knob, float)}
         )
         group.add_argument(*names, dest=dest_prefix + knob, default=None, help=text, **kind)
+
+
+def seed_argument(text: str) -> int:
+    """argparse type of a `--seed`: an integer in [0, MAX_SEED), the bound `sample()` and the HTTP API use."""
+    from transformer.config import check_seed  # lazy: parsing flags needs no torch
+
+    try:
+        return check_seed(int(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def sampling_overrides(args: argparse.Namespace, *, dest_prefix: str = "") -> dict[str, Any]:

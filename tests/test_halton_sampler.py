@@ -13,9 +13,15 @@ import torch
 
 from transformer.config import HALTON_PRESETS, PRESETS, SAMPLING_PRESETS, HaltonConfig, SamplingConfig
 from transformer.halton import HaltonTransformer
-from transformer.halton_order import halton_cells, halton_order, halton_tokens_per_step, radical_inverse
+from transformer.halton_order import halton_cells, halton_order, radical_inverse
+from transformer.masking import tokens_per_step
 from transformer.model import MaskTransformer
 from transformer.sample import sample
+
+
+def halton_tokens_per_step(num_tokens: int, steps: int, *, start_step: int = 0) -> list[int]:
+    """The v2 Halton sampler's step table, which is the schedule "halton"."""
+    return tokens_per_step(num_tokens, steps, "halton", start_step=start_step)
 
 
 @pytest.fixture(scope="module", params=["maskgit", "halton"])
@@ -103,8 +109,8 @@ def revealed_per_step(trace, sample_index: int, initially: torch.Tensor | None =
 
 def test_halton_order_reveals_the_permutation_in_the_table_counts(model):
     result = sample(
-        model, [0, 3, 7], seeds=[1, 2, 3], steps=8, order="halton", cfg_weight=2.0, cfg_schedule="constant",
-        return_trace=True,
+        model, [0, 3, 7], seeds=[1, 2, 3], steps=8, order="halton", schedule="halton", cfg_weight=2.0,
+        cfg_schedule="constant", return_trace=True,
     )  # fmt: skip
     order = halton_order(8).tolist()
     bounds = [0, 5, 10, 15, 21, 27, 34, 43, 64]
@@ -116,7 +122,7 @@ def test_halton_order_reveals_the_permutation_in_the_table_counts(model):
 
 
 def test_randomized_order_is_a_rolled_permutation_per_sample(model):
-    knobs = {"steps": 8, "order": "halton", "randomize_order": True}
+    knobs = {"steps": 8, "order": "halton", "schedule": "halton", "randomize_order": True}
     result = sample(model, [1, 2], seeds=[5, 6], return_trace=True, **knobs)
     order = halton_order(8)
     firsts = []
@@ -137,7 +143,10 @@ def test_halton_inpainting_keeps_known_tokens(model):
     known = torch.randint(0, model.config.codebook_size, (2, 8, 8), generator=generator)
     init = known.clone()
     init[:, 2:6, 1:7] = model.config.mask_token_id
-    result = sample(model, [0, 1], seeds=[0, 1], init_tokens=init, steps=6, order="halton", return_trace=True)
+    result = sample(
+        model, [0, 1], seeds=[0, 1], init_tokens=init, steps=6, order="halton", schedule="halton",
+        return_trace=True,
+    )  # fmt: skip
     region = init == model.config.mask_token_id
     assert torch.equal(result.tokens[~region], known[~region])
     counts = halton_tokens_per_step(24, 6)  # the table spans the 24 masked tokens: 2, 3, 2, 4, 4, 9
@@ -200,7 +209,6 @@ def test_v1_defaults_are_unchanged(model):
     "changes, message",
     [
         ({"order": "raster"}, "order"),
-        ({"order": "halton", "schedule": "cosine"}, "arccos"),
         ({"randomize_order": True}, "randomize_order"),
         ({"temperature_end": 0.0}, "temperature_end"),
         ({"temperature_warmup": -1}, "temperature_warmup"),
@@ -223,3 +231,53 @@ def test_v2_sampling_presets():
         "halton-imagenet256-tiny": 1.5, "halton-imagenet256-small": 1.0, "halton-imagenet256-base": 0.7,
         "halton-imagenet384-small": 1.0, "halton-imagenet384-base": 0.7, "halton-imagenet384-large": 0.5,
     }  # fmt: skip
+
+
+# --- orders and schedules are independent ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["confidence", "halton"])
+@pytest.mark.parametrize("schedule", ["arccos", "halton", "arccos-v2", "cosine", "jax-cosine"])
+def test_every_order_decodes_with_the_schedule_it_names(model, order, schedule):
+    config = SamplingConfig(steps=6, order=order, schedule=schedule, cfg_weight=0.0)
+    result = sample(model, [0, 1], seeds=[0, 1], return_trace=True, **config.as_kwargs())
+    expected = tokens_per_step(model.config.num_tokens, 6, schedule)
+    assert result.trace.revealed[:, 0].tolist() == expected
+    assert result.trace.revealed[:, 1].tolist() == expected
+
+
+def test_v2_defaults_name_the_v2_tables():
+    from transformer.config import halton_sampling_config
+
+    for preset in (HALTON_PRESETS["halton-tiny"], HALTON_PRESETS["halton-imagenet384-large"]):
+        halton = halton_sampling_config(preset)
+        assert (halton.order, halton.schedule) == ("halton", "halton")
+        confidence = halton_sampling_config(preset, order="confidence")
+        assert (confidence.order, confidence.schedule, confidence.steps) == ("confidence", "arccos-v2", 12)
+    assert all(
+        config.schedule == "halton" for name, config in SAMPLING_PRESETS.items() if config.order == "halton"
+    )
+
+
+def test_folders_saved_before_the_split_decode_as_before(tmp_path, model):
+    """A v2 folder stores {"order": "halton", "schedule": "arccos"}, which meant the Halton table: it
+    still does when read back, and decodes to the tokens of order "halton" + schedule "halton"."""
+    import json
+
+    from transformer.checkpoint import load_sampling_config, save_transformer
+    from transformer.config import stored_sampling_config
+
+    save_transformer(model, tmp_path / "old", sampling=SAMPLING_PRESETS["halton"])
+    path = tmp_path / "old" / "config.json"
+    document = json.loads(path.read_text())
+    document["sampling"]["schedule"] = "arccos"  # as written before schedules and orders were split
+    path.write_text(json.dumps(document))
+    loaded = load_sampling_config(tmp_path / "old")
+    assert loaded == SAMPLING_PRESETS["halton"] and loaded.schedule == "halton"
+    old_pair = sample(model, [0, 1], seeds=[3, 4], **loaded.as_kwargs()).tokens
+    explicit = sample(model, [0, 1], seeds=[3, 4], **SAMPLING_PRESETS["halton"].as_kwargs()).tokens
+    assert torch.equal(old_pair, explicit)
+    # Only that pair is read differently; other stored settings are read as written.
+    for values in ({"order": "confidence", "schedule": "arccos"}, {"order": "halton", "schedule": "cosine"}):
+        assert stored_sampling_config(values) == SamplingConfig.from_dict(values)
+    assert stored_sampling_config({"order": "halton"}).schedule == "halton"

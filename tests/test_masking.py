@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer.masking import REFERENCE_SCHEDULES, check_schedule, mask_ratio, tokens_per_step
+from transformer.masking import REFERENCE_SCHEDULES, V2_SCHEDULES, check_schedule, mask_ratio, tokens_per_step
 
 # valeoai v1 `adap_sche` (docs/reference.md#step-tables).
 REFERENCE_TABLES = [
@@ -106,3 +107,55 @@ def test_bad_schedule_arguments_are_named():
         check_schedule("jax-powx")
     assert check_schedule("jax-pow2.5") == "jax-pow2.5"
     assert tokens_per_step(0, 4, "arccos") == [0, 0, 0, 0]
+
+
+# valeoai v2's confidence sampler (docs/reference.md#sampler-schedules): cumulative targets from u = 0.
+ARCCOS_V2_TABLES = [
+    (8, 576, [1, 51, 54, 56, 61, 68, 86, 199]),
+    (8, 256, [1, 22, 24, 25, 27, 30, 38, 89]),
+    (32, 576, [1, 10, 12, 12, 12, 12, 12, 12, 12, 13, 12, 13, 12, 13, 13, 14,
+               13, 14, 15, 14, 16, 15, 17, 17, 18, 20, 20, 23, 26, 30, 39, 94]),
+    (32, 256, [1, 4, 5, 5, 6, 5, 5, 6, 5, 6, 5, 6, 5, 6, 6, 6,
+               6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 10, 10, 11, 14, 17, 42]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("steps", "num_tokens", "expected"), ARCCOS_V2_TABLES)
+def test_arccos_v2_tables(steps, num_tokens, expected):
+    assert tokens_per_step(num_tokens, steps, "arccos-v2") == expected
+
+
+def test_arccos_v2_by_hand():
+    # N = 576, T = 8: u = i/7, targets int(576·(1 − arccos(u)/(π/2))) kept >= i + 1:
+    # 1, 52, 106, 162, 223, 291, 377, 576 cumulative.
+    counts = tokens_per_step(576, 8, "arccos-v2")
+    assert list(itertools.accumulate(counts)) == [1, 52, 106, 162, 223, 291, 377, 576]
+    # More steps than tokens: one per step until none are left; a single step reveals everything.
+    assert tokens_per_step(4, 8, "arccos-v2") == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert tokens_per_step(9, 1, "arccos-v2") == [9]
+    assert tokens_per_step(576, 8, "arccos-v2", start_step=2) == [106, 56, 61, 68, 86, 199]
+    # It is not v1's arccos table, nor the Halton sampler's, for the same N and T.
+    assert tokens_per_step(576, 8, "arccos") != tokens_per_step(576, 8, "arccos-v2")
+    assert tokens_per_step(576, 8, "halton") == [45, 47, 48, 51, 56, 63, 80, 186]
+
+
+@given(
+    num_tokens=st.integers(0, 4096),
+    steps=st.integers(1, 96),
+    schedule=st.sampled_from(V2_SCHEDULES),
+)
+@settings(max_examples=400, deadline=None)
+def test_v2_counts_cover_every_token_once(num_tokens, steps, schedule):
+    counts = tokens_per_step(num_tokens, steps, schedule)
+    assert len(counts) == steps and sum(counts) == num_tokens and min(counts) >= 0
+    if num_tokens >= steps:
+        assert min(counts) >= 1  # the targets are kept >= i + 1
+    else:  # one token per step, then none
+        assert counts == [1] * num_tokens + [0] * (steps - num_tokens)
+
+
+@pytest.mark.parametrize("schedule", V2_SCHEDULES)
+def test_v2_tables_are_for_sampling_only(schedule):
+    assert check_schedule(schedule) == schedule
+    with pytest.raises(ValueError, match="trains with 'arccos'"):
+        mask_ratio(torch.rand(4), schedule)

@@ -218,3 +218,17 @@ def test_bad_input_is_named(model, kwargs, message):
     class_ids = arguments.pop("class_ids")
     with pytest.raises(ValueError, match=message):
         sample(model, class_ids, **arguments)
+
+
+def test_seeds_are_bounded_by_max_seed(model):
+    from generation.maskgit import draw_seeds
+    from transformer import MAX_SEED
+
+    assert MAX_SEED == 2**53  # one bound for sample(), the CLI and the HTTP API (JSON-safe)
+    last = sample(model, [0], seeds=[MAX_SEED - 1], steps=2).tokens
+    assert last.shape == (1, 4, 4)
+    for seed in (MAX_SEED, -1):
+        with pytest.raises(ValueError, match=r"a seed must be an integer in \[0, 2\*\*53"):
+            sample(model, [0], seeds=[seed], steps=2)
+    drawn = draw_seeds(3, None)  # drawn seeds can be sent back through the CLI or the HTTP API
+    assert min(drawn) >= 0 and max(drawn) < MAX_SEED and list(drawn) == list(range(drawn[0], drawn[0] + 3))

@@ -126,3 +126,19 @@ def test_bad_input_is_one_clear_line(checkpoints, tmp_path, capsys, extra, messa
     )  # fmt: skip
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_seed_bound_and_any_order_with_any_schedule(checkpoints, tmp_path, capsys):
+    """The CLI takes what the HTTP API takes: seeds in [0, 2**53), and any order with any schedule."""
+    out = str(tmp_path / "x.png")
+    one = [*base_args(checkpoints), "--out", out, "--classes", "0", "--per-class", "1"]
+    for seed in (str(2**53), "-1"):
+        with pytest.raises(SystemExit) as exited:
+            cli_main([*one, "--seed", seed])
+        assert exited.value.code == 2
+        assert "a seed must be an integer in [0, 2**53" in capsys.readouterr().err
+    assert cli_main([*one, "--seed", str(2**53 - 1), "--order", "halton", "--schedule", "cosine"]) == 0
+    assert cli_main([*one, "--order", "confidence", "--schedule", "halton"]) == 0
+    # seed + i must stay below the bound too: two images from the last seed are refused in one line.
+    assert cli_main([*one, "--per-class", "2", "--seed", str(2**53 - 1)]) == 2
+    assert "a seed must be an integer in [0, 2**53" in capsys.readouterr().err

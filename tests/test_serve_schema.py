@@ -169,9 +169,10 @@ def test_request_enums_are_the_samplers_names():
 
     from jobs.serve.schema import CfgSchedule, NamedSchedule, Order
     from transformer.config import CFG_SCHEDULES, ORDERS
-    from transformer.masking import JAX_SCHEDULES, REFERENCE_SCHEDULES
+    from transformer.masking import JAX_SCHEDULES, REFERENCE_SCHEDULES, V2_SCHEDULES
 
-    assert typing.get_args(NamedSchedule) == REFERENCE_SCHEDULES + JAX_SCHEDULES[:-1]  # + jax-pow<K>
+    named = REFERENCE_SCHEDULES + V2_SCHEDULES + JAX_SCHEDULES[:-1]  # + jax-pow<K>
+    assert typing.get_args(NamedSchedule) == named
     assert typing.get_args(Order) == ORDERS
     assert typing.get_args(CfgSchedule) == CFG_SCHEDULES
     assert GenerateRequest.model_validate({"class_id": 1, "schedule": "jax-pow2.5"}).schedule == "jax-pow2.5"
@@ -232,3 +233,18 @@ def test_prompt_pattern_accepts_exactly_what_the_lookup_accepts(name, data):
     except OpenAIError:
         accepted = False
     assert validator.is_valid(text) == accepted, repr(text)
+
+
+def test_any_order_goes_with_any_schedule_and_seeds_share_one_bound():
+    from transformer.config import MAX_SEED
+
+    for order in ("confidence", "halton"):
+        for schedule in ("arccos", "halton", "arccos-v2", "cosine"):
+            body = {"class_id": 1, "order": order, "schedule": schedule}
+            assert GenerateRequest.model_validate(body).schedule == schedule
+    assert MAX_SEED == 2**53  # the largest range a JSON (JavaScript) client holds exactly
+    assert GenerateRequest.model_validate({"class_id": 1, "seed": MAX_SEED - 1}).seed == MAX_SEED - 1
+    with pytest.raises(ValidationError):
+        GenerateRequest.model_validate({"class_id": 1, "seed": MAX_SEED})
+    seed_schema = GenerateRequest.model_json_schema()["properties"]["seed"]["anyOf"][0]
+    assert seed_schema["exclusiveMaximum"] == MAX_SEED and seed_schema["minimum"] == 0

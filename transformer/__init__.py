@@ -2,11 +2,11 @@
 
 Pure torch; imports nothing else of ours. Public API:
 
-* `TransformerConfig`, `HaltonConfig`, `SamplingConfig`, `PRESETS`, `HALTON_PRESETS`, `SAMPLING_PRESETS`
-  (config.py)
+* `TransformerConfig`, `HaltonConfig`, `SamplingConfig`, `PRESETS`, `HALTON_PRESETS`, `SAMPLING_PRESETS`,
+  `MAX_SEED` (config.py)
 * `MaskTransformer` (model.py, v1), `HaltonTransformer` (halton.py, v2), both `MaskPredictor`s
 * `build_transformer`, `transformer_config_from_dict`, `transformer_preset` (families.py)
-* `halton_order`, `halton_tokens_per_step` (halton_order.py)
+* `halton_order` (halton_order.py)
 * `mask_ratio`, `tokens_per_step`, `SCHEDULES` (masking.py)
 * `mask_tokens`, `masked_token_loss`, `ObjectiveOutput` (objective.py)
 * `sample`, `SampleResult` (sample.py)
@@ -24,6 +24,7 @@ from transformer.checkpoint import (
 )
 from transformer.config import (
     HALTON_PRESETS,
+    MAX_SEED,
     PRESETS,
     SAMPLING_PRESETS,
     HaltonConfig,
@@ -33,7 +34,7 @@ from transformer.config import (
 from transformer.editing import EditResult, TokenBox, inpaint, latent_box, outpaint
 from transformer.families import build_transformer, transformer_config_from_dict, transformer_preset
 from transformer.halton import HaltonTransformer
-from transformer.halton_order import halton_order, halton_tokens_per_step
+from transformer.halton_order import halton_order
 from transformer.masking import SCHEDULES, mask_ratio, tokens_per_step
 from transformer.model import MaskPredictor, MaskTransformer, unwrap_model
 from transformer.objective import MaskedTokens, ObjectiveOutput, mask_tokens, masked_token_loss
@@ -41,6 +42,7 @@ from transformer.sample import SampleResult, SampleTrace, sample
 
 __all__ = [
     "HALTON_PRESETS",
+    "MAX_SEED",
     "PRESETS",
     "SAMPLING_PRESETS",
     "SCHEDULES",
@@ -58,7 +60,6 @@ __all__ = [
     "TransformerConfig",
     "build_transformer",
     "halton_order",
-    "halton_tokens_per_step",
     "inpaint",
     "latent_box",
     "load_class_names",

@@ -267,6 +267,18 @@ HALTON_PRESETS: dict[str, HaltonConfig] = {
 CFG_SCHEDULES = ("linear", "constant")
 ORDERS = ("confidence", "halton")
 
+# Seeds are integers in [0, MAX_SEED), everywhere: `sample()`, the CLI and the HTTP API. 2**53 is the
+# largest range a JSON client holds exactly (JavaScript numbers are float64) and a JSON Schema
+# validator compares exactly, so a seed the library draws and returns can always be sent back.
+MAX_SEED = 2**53
+
+
+def check_seed(seed: int) -> int:
+    """Return `seed` if it is an integer in [0, MAX_SEED), else raise a ValueError saying so."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
+        raise ValueError(f"a seed must be an integer in [0, 2**53 = {MAX_SEED}), got {seed!r}")
+    return seed
+
 
 @dataclass(frozen=True)
 class SamplingConfig(FrozenConfig):
@@ -274,7 +286,9 @@ class SamplingConfig(FrozenConfig):
 
     Attributes:
         steps: number of decoding steps T (= forward passes, CFG halves batched into one).
-        schedule: masking schedule name (see `transformer.masking.SCHEDULES`).
+        schedule: how many tokens each step reveals: a masking schedule name (see
+            `transformer.masking.SCHEDULES`): v1's tables ("arccos", ...), the v2 samplers' tables
+            ("halton" for its Halton sampler, "arccos-v2" for its confidence sampler) or JAX's.
         temperature: logits are divided by it before the softmax. The reference's `sm_temp` s
             multiplies logits, so reference `sm_temp=s` is `temperature=1/s` here.
         gumbel_temperature: scale of the Gumbel noise added to log-confidences at the first step;
@@ -283,10 +297,10 @@ class SamplingConfig(FrozenConfig):
         cfg_schedule: "linear" ramps the weight from 0 at the first step to w at the last (v1
             reference); "constant" uses w at every step (v2 reference). Both combine the halves as
             (1 + w)·ℓ_cond − w·ℓ_uncond.
-        order: which masked positions a step reveals. "confidence" (v1): the most confident samples,
-            as many as `schedule` says. "halton" (v2): the next positions of the 2-D Halton
-            permutation of the grid, as many as the v2 reference's fixed arccos step table says
-            (`schedule` must stay "arccos"; `gumbel_temperature` is not used).
+        order: which masked positions a step reveals, as many as `schedule` says (any order goes
+            with any schedule). "confidence" (v1): the most confident samples. "halton" (v2): the
+            next positions of the 2-D Halton permutation of the grid (`gumbel_temperature` is not
+            used); the v2 reference pairs it with the schedule "halton".
         randomize_order: with order "halton", roll each sample's permutation cyclically by an offset
             drawn from its seed (the v2 reference's `randomize`).
         temperature_end: None keeps `temperature` at every step. Otherwise the logit multiplier
@@ -323,11 +337,6 @@ class SamplingConfig(FrozenConfig):
             raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {self.cfg_schedule!r}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
-        if self.order == "halton" and self.schedule != "arccos":
-            raise ValueError(
-                f"order 'halton' follows the v2 reference's fixed arccos step table; schedule must be "
-                f"'arccos', got {self.schedule!r}"
-            )
         if not isinstance(self.randomize_order, bool):
             raise ValueError(f"randomize_order must be a bool, got {self.randomize_order!r}")
         if self.randomize_order and self.order != "halton":
@@ -348,9 +357,9 @@ SAMPLING_PRESETS: dict[str, SamplingConfig] = {
     # README / main.py defaults of valeoai v1 (FID 6.80 at 256, 7.26 at 512).
     "maskgit-imagenet256": SamplingConfig(),
     "maskgit-imagenet512": SamplingConfig(steps=15, gumbel_temperature=7.0, cfg_weight=2.8),
-    # valeoai v2 (Halton-MaskGIT): 32 steps, constant guidance, Halton order. The guidance weights are
-    # the README's per model (FID 10.2 / 6.40 / 4.17 at 256, 6.11 / 4.15 / 2.59 at 384); the rest is
-    # the released evaluation script's (temperature 1, one warm-up step, no randomisation).
+    # valeoai v2 (Halton-MaskGIT): 32 steps, constant guidance, Halton order and step table. The guidance
+    # weights are the README's per model (FID 10.2 / 6.40 / 4.17 at 256, 6.11 / 4.15 / 2.59 at 384); the
+    # rest is the released evaluation script's (temperature 1, one warm-up step, no randomisation).
     **{
         halton_preset_name(resolution, size): SamplingConfig(
             steps=32,
@@ -358,6 +367,7 @@ SAMPLING_PRESETS: dict[str, SamplingConfig] = {
             cfg_weight=weight,
             cfg_schedule="constant",
             order="halton",
+            schedule="halton",
             temperature_warmup=1,
         )
         for (resolution, size), weight in {
@@ -371,8 +381,16 @@ SAMPLING_PRESETS: dict[str, SamplingConfig] = {
     },
     # The v2 training configuration's sampler (its periodic evaluation): w = 3, no warm-up.
     "halton": SamplingConfig(
-        steps=32, gumbel_temperature=0.0, cfg_weight=3.0, cfg_schedule="constant", order="halton"
+        steps=32,
+        gumbel_temperature=0.0,
+        cfg_weight=3.0,
+        cfg_schedule="constant",
+        order="halton",
+        schedule="halton",
     ),
+    # The v2 reference's other sampler, its confidence baseline, with its constructor defaults: 12 steps
+    # of its own arccos table, Gumbel 4.5 decaying to 0, guidance ramping 0 → 3.
+    "confidence-v2": SamplingConfig(steps=12, schedule="arccos-v2"),
 }
 
 
@@ -383,11 +401,32 @@ def reference_sampling_config(grid_size: int) -> SamplingConfig:
     return SAMPLING_PRESETS["maskgit-imagenet256"]
 
 
-def halton_sampling_config(config: HaltonConfig) -> SamplingConfig:
-    """The v2 reference's sampling settings for a released model size, else its training-time sampler."""
+def halton_sampling_config(config: HaltonConfig, *, order: str = "halton") -> SamplingConfig:
+    """The v2 reference's sampling settings for a released model size, else its training-time sampler;
+    with `order="confidence"`, its confidence sampler (`SAMPLING_PRESETS["confidence-v2"]`)."""
+    if order == "confidence":
+        return SAMPLING_PRESETS["confidence-v2"]
+    if order != "halton":
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     for size, (width, depth, heads) in HALTON_SIZES.items():
         if (config.hidden_size, config.depth, config.num_heads) == (width, depth, heads):
             name = halton_preset_name(config.grid_size * HALTON_TOKENIZER_FACTOR, size)
             if name in SAMPLING_PRESETS:
                 return SAMPLING_PRESETS[name]
     return SAMPLING_PRESETS["halton"]
+
+
+def stored_sampling_config(values: dict[str, Any]) -> SamplingConfig:
+    """A `SamplingConfig` from a stored dict (a weights folder's `config.json`, a training config).
+
+    Folders and configs written before orders and schedules were independent store the v2 defaults
+    as {"order": "halton", "schedule": "arccos"}: back then the Halton order ignored the schedule and
+    always counted its steps with the v2 Halton table. That table is now the schedule "halton", and
+    "arccos" with the Halton order means v1's arccos table, so the old pair is read as "halton" to
+    keep decoding those folders to the same tokens. (The new meaning of that pair is reachable per
+    call — CLI, HTTP, `sample()` — but not as a stored default.)
+    """
+    values = dict(values)
+    if values.get("order") == "halton" and values.get("schedule", "arccos") == "arccos":
+        values["schedule"] = "halton"
+    return SamplingConfig.from_dict(values)

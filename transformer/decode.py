@@ -38,8 +38,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from transformer.config import SamplingConfig
-from transformer.halton_order import halton_order, halton_tokens_per_step
+from transformer.config import MAX_SEED, SamplingConfig, check_seed
+from transformer.halton_order import halton_order
 from transformer.masking import tokens_per_step
 from transformer.model import unwrap_model
 
@@ -52,8 +52,8 @@ def per_sample_generators(
     if seeds is not None and generator is not None:
         raise ValueError("give either seeds (one per sample) or generator, not both")
     if seeds is None:
-        seeds = torch.randint(0, 2**62, (batch,), generator=generator).tolist()
-    seeds = [int(seed) for seed in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
+        seeds = torch.randint(0, MAX_SEED, (batch,), generator=generator).tolist()
+    seeds = [check_seed(int(seed)) for seed in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
     if len(seeds) != batch:
         raise ValueError(f"seeds must have one entry per sample ({batch}), got {len(seeds)}")
     return [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -264,11 +264,11 @@ def start_rows(
     masked = tokens == config.mask_token_id  # (B, N)
     generators = per_sample_generators(batch, seeds=seeds, generator=generator)
     to_reveal = masked.sum(dim=1).tolist()
+    # The schedule says how many tokens each step reveals, the order which ones: always the schedule named.
+    tables = [tokens_per_step(n, steps, sampling.schedule, start_step=start_step) for n in to_reveal]
     if sampling.order == "halton":
-        tables = [halton_tokens_per_step(n, steps, start_step=start_step) for n in to_reveal]
         halton_rank = _halton_ranks(masked, grid, generators, sampling.randomize_order)  # (B, N)
     else:
-        tables = [tokens_per_step(n, steps, sampling.schedule, start_step=start_step) for n in to_reveal]
         halton_rank = torch.zeros_like(tokens)
     plans = tuple(RowPlan(sampling, start_step, tuple(int(c) for c in table)) for table in tables)
     return DecodeRows(

@@ -1,4 +1,4 @@
-"""The Halton decoding order of the valeoai v2 sampler: which grid cells each step reveals, and how many.
+"""The Halton decoding order of the valeoai v2 sampler: which grid cells the steps reveal, in what order.
 
 Follows docs/reference.md#halton-sampler, reproducing the reference's numbers exactly:
 
@@ -8,19 +8,15 @@ Follows docs/reference.md#halton-sampler, reproducing the reference's numbers ex
   (row = ⌊G·b₂(i)⌋, col = ⌊G·b₃(i)⌋); the first occurrence of each cell, in sequence order, over the
   first 10,000 points gives a permutation of the G² cells. A grid whose cells those 10,000 points do
   not all reach has no such order and is refused.
-* **Steps.** With n tokens to reveal in T steps, step i has revealed
-  rᵢ = max(i + 1, int(n·(1 − arccos((i + 1)/T)/(π/2)))) tokens once it is done (float32, truncated,
-  at most n); it writes the order's entries rᵢ₋₁ … rᵢ − 1. The curve is fixed (the reference's
-  `sched_pow` is unused).
 
-Used by `sample(order="halton")`; this is a sampling order, the training mask ratio stays in
-`transformer.masking`.
+Used by `sample(order="halton")`: a step whose schedule reveals k tokens writes the next k cells of
+this order. How many each step reveals is the schedule's business (`transformer.masking`); the v2
+reference's own table is the schedule "halton".
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
@@ -82,40 +78,3 @@ def halton_order(grid_size: int) -> torch.Tensor:
     """The same permutation as raster indices row·G + col: LongTensor[G²] (see `halton_cells`)."""
     cells = halton_cells(grid_size)
     return cells[:, 0] * grid_size + cells[:, 1]
-
-
-@functools.lru_cache(maxsize=1024)
-def _halton_counts(num_tokens: int, steps: int) -> tuple[int, ...]:
-    revealed, counts = 0, []
-    for index in range(steps):
-        # float32 throughout, as the reference: tensor(ratio) -> arccos -> / (π/2) -> 1 − · -> · n -> int
-        ratio = torch.tensor((index + 1) / steps)
-        fraction = 1 - torch.arccos(ratio) / (math.pi * 0.5)
-        target = min(max(index + 1, int(fraction * num_tokens)), num_tokens)
-        counts.append(max(target - revealed, 0))
-        revealed = max(revealed, target)
-    return tuple(counts)
-
-
-def halton_tokens_per_step(num_tokens: int, steps: int, *, start_step: int = 0) -> list[int]:
-    """Number of tokens the Halton sampler reveals at each step (they always sum to `num_tokens`).
-
-    E.g. n = 256, T = 8: 20, 21, 21, 23, 25, 28, 35, 83.
-
-    Args:
-        num_tokens: n, tokens to reveal (a sample's masked tokens; G² for a blank grid).
-        steps: T, decoding steps (>= 1).
-        start_step: begin later in the T-step table; the first `start_step + 1` steps are merged, so
-            `steps - start_step` counts come back (as `transformer.masking.tokens_per_step`).
-
-    Returns:
-        list of `steps - start_step` non-negative ints.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if not 0 <= start_step < steps:
-        raise ValueError(f"start_step must be in [0, steps={steps}), got {start_step}")
-    if num_tokens < 0:
-        raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
-    counts = list(_halton_counts(num_tokens, steps))
-    return [sum(counts[: start_step + 1]), *counts[start_step + 1 :]]

@@ -12,6 +12,14 @@ Two families of schedules, named as their sources name them:
   ``jax-log``, ``jax-exp``: γ(ratio) is the fraction still masked; step t leaves
   ⌊N·γ((t+1)/T)⌋ tokens masked (clamped to ≥ 1 and < the number still masked) and the last step
   reveals the rest; the paper's training masks γ(r)·N tokens.
+* valeoai v2 (docs/reference.md#sampler-schedules), step tables for sampling only (v2 trains with
+  ``arccos``): ``halton``, the table of the v2 Halton sampler, whose step i has revealed
+  rᵢ = max(i + 1, int(N·(1 − arccos((i + 1)/T)/(π/2)))) tokens; and ``arccos-v2``, the table of the
+  v2 confidence sampler, the same curve read at uᵢ = i/(T − 1) (from 0, so step 0 reveals one
+  token). Both are computed in float32 and truncated as the reference does, capped at N.
+
+A schedule says only *how many* tokens a step reveals; the sampler's order (`SamplingConfig.order`)
+says *which*, so every schedule works with every order.
 
 Counts here are *per-step increments* (tokens revealed at each step), never cumulative ratios.
 """
@@ -25,15 +33,16 @@ import re
 import torch
 
 REFERENCE_SCHEDULES = ("arccos", "cosine", "linear", "square", "root")
+V2_SCHEDULES = ("halton", "arccos-v2")  # step tables only: `mask_ratio` refuses them
 JAX_SCHEDULES = ("jax-cosine", "jax-uniform", "jax-log", "jax-exp", "jax-pow<K>")
-SCHEDULES = REFERENCE_SCHEDULES + JAX_SCHEDULES
+SCHEDULES = REFERENCE_SCHEDULES + V2_SCHEDULES + JAX_SCHEDULES
 
 _JAX_POW = re.compile(r"^jax-pow(\d+(?:\.\d+)?)$")
 
 
 def check_schedule(schedule: str) -> str:
     """Return `schedule` if it is a known schedule name, else raise a ValueError listing the names."""
-    if schedule in REFERENCE_SCHEDULES or schedule in JAX_SCHEDULES[:-1] or _JAX_POW.match(schedule):
+    if schedule in REFERENCE_SCHEDULES + V2_SCHEDULES + JAX_SCHEDULES[:-1] or _JAX_POW.match(schedule):
         return schedule
     raise ValueError(f"unknown masking schedule {schedule!r}; expected one of {SCHEDULES}")
 
@@ -92,6 +101,11 @@ def mask_ratio(uniform: torch.Tensor, schedule: str = "arccos", num_tokens: int 
         FloatTensor[B] of mask ratios.
     """
     check_schedule(schedule)
+    if schedule in V2_SCHEDULES:
+        raise ValueError(
+            f"{schedule!r} is a sampling step table of the v2 reference, which trains with 'arccos'; "
+            f"train with one of {REFERENCE_SCHEDULES + JAX_SCHEDULES}"
+        )
     r = uniform.float()
     if schedule == "arccos":
         return torch.arccos(r.clamp(-1.0, 1.0)) / (math.pi * 0.5)
@@ -136,6 +150,24 @@ def _reference_counts(num_tokens: int, steps: int, schedule: str) -> tuple[int, 
 
 
 @functools.lru_cache(maxsize=1024)
+def _v2_counts(num_tokens: int, steps: int, schedule: str) -> tuple[int, ...]:
+    if schedule == "halton":
+        progress = [torch.tensor((step + 1) / steps) for step in range(steps)]  # (i + 1)/T, float32
+    else:  # arccos-v2: u = linspace(0, 1, T), float32 (torch's default dtype, as the reference)
+        progress = list(torch.linspace(0, 1, steps))
+    revealed, counts = 0, []
+    for step, ratio in enumerate(progress):
+        # float32 throughout, as the reference: arccos -> / (π/2) -> 1 − · -> · N -> int (truncates)
+        fraction = 1 - torch.arccos(ratio) / (math.pi * 0.5)
+        target = min(max(step + 1, int(fraction * num_tokens)), num_tokens)
+        counts.append(max(target - revealed, 0))
+        revealed = max(revealed, target)
+    # Only arccos-v2 with T = 1 (u = [0]) ends short of N; the last step reveals the rest, as ours always do.
+    counts[-1] += num_tokens - revealed
+    return tuple(counts)
+
+
+@functools.lru_cache(maxsize=1024)
 def _jax_counts(num_tokens: int, steps: int, schedule: str) -> tuple[int, ...]:
     ratios = torch.arange(1, steps + 1, dtype=torch.float64) / steps
     gammas = jax_gamma(ratios, schedule, num_tokens).tolist()
@@ -156,9 +188,12 @@ def tokens_per_step(
 ) -> list[int]:
     """Number of tokens revealed at each decoding step.
 
-    For valeoai schedules this is the reference `adap_sche` table (e.g. arccos, T = 8, N = 256:
-    1, 18, 26, 32, 38, 43, 48, 50); for ``jax-*`` schedules it is what the JAX decoder's output
-    reveals (jax-cosine, T = 8, N = 256: 5, 15, 24, 31, 39, 45, 48, 49). Counts always sum to N.
+    For valeoai v1 schedules this is the reference `adap_sche` table (e.g. arccos, T = 8, N = 256:
+    1, 18, 26, 32, 38, 43, 48, 50); for the v2 tables, the v2 samplers' (halton, T = 8, N = 256:
+    20, 21, 21, 23, 25, 28, 35, 83; arccos-v2, T = 8, N = 576: 1, 51, 54, 56, 61, 68, 86, 199); for
+    ``jax-*`` schedules it is what the JAX decoder's output reveals (jax-cosine, T = 8, N = 256:
+    5, 15, 24, 31, 39, 45, 48, 49). Counts always sum to N; the v2 tables have steps that reveal
+    nothing when N < T (they give the first N steps one token each).
 
     Args:
         num_tokens: N, tokens to reveal (the masked tokens of a sample).
@@ -181,6 +216,8 @@ def tokens_per_step(
         return [0] * (steps - start_step)
     if schedule in REFERENCE_SCHEDULES:
         counts = list(_reference_counts(num_tokens, steps, schedule))
+    elif schedule in V2_SCHEDULES:
+        counts = list(_v2_counts(num_tokens, steps, schedule))
     else:
         counts = list(_jax_counts(num_tokens, steps, schedule))
     return [sum(counts[: start_step + 1]), *counts[start_step + 1 :]]

@@ -100,14 +100,15 @@ def sample(
         model: a MaskTransformer (or a wrapper of one); put in eval mode for the call.
         class_ids: LongTensor[B] (or a sequence) of classes in [0, num_classes).
         steps: T, decoding steps (>= 1); the number of forward passes when the grid starts fully masked.
-        schedule: masking schedule name (`transformer.masking`).
+        schedule: how many tokens each step reveals: a masking schedule name (`transformer.masking`;
+            "halton" and "arccos-v2" are the v2 samplers' tables). Used with either order.
         temperature: logits are divided by it (> 0). Reference `sm_temp` s = temperature 1/s.
         gumbel_temperature: Gumbel noise scale on log-confidences at the first step (decays to 0).
         cfg_weight: classifier-free guidance weight w (0 = conditional only, one B-sized forward).
         cfg_schedule: "linear" (0 → w, v1 reference) or "constant" (v2 reference).
-        order: "confidence" (v1: reveal the most confident samples) or "halton" (v2: reveal the next
-            cells of the Halton permutation, counted by the v2 step table; `schedule` must be "arccos",
-            `gumbel_temperature` is unused). Either order works with either transformer family.
+        order: which tokens a step reveals: "confidence" (v1: the most confident samples) or "halton"
+            (v2: the next cells of the Halton permutation; `gumbel_temperature` is unused). Either
+            order works with either schedule and either transformer family.
         randomize_order: with order "halton", roll each sample's permutation by an offset drawn
             from its seed.
         temperature_end: None = `temperature` at every step; else the logit multiplier 1/τ moves
@@ -117,7 +118,8 @@ def sample(
         init_tokens: optional LongTensor[B, h, w]; codes are kept, `mask_token_id` entries are decoded
             (inpainting / editing). Each sample's schedule spans its own masked count.
         generator: draws the per-sample seeds when `seeds` is not given.
-        seeds: one int per sample; sample i's result depends only on its seed, class and init tokens.
+        seeds: one int in [0, MAX_SEED = 2**53) per sample; sample i's result depends only on its
+            seed, class and init tokens.
         start_step: begin at this step of a `steps`-step schedule (class-guided editing, JAX
             `start_iter`); `steps - start_step` steps run, with the noise and CFG ramps of the full schedule.
         return_trace: also return the per-step predictions and masks.

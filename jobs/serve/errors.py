@@ -26,7 +26,10 @@ from jobs.serve.schema import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
-SCHEDULE_NAMES = "arccos, cosine, linear, square, root, jax-cosine, jax-uniform, jax-log, jax-exp, jax-pow<K>"
+SCHEDULE_NAMES = (
+    "arccos, cosine, linear, square, root, halton, arccos-v2, jax-cosine, jax-uniform, jax-log, jax-exp, "
+    "jax-pow<K>"
+)
 
 # (path, status, message, details) -> the answer; the default is ErrorResponse for every path.
 Render = Callable[[str, int, str, list[str]], JSONResponse]

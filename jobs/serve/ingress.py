@@ -49,7 +49,7 @@ from generation import box_to_token_region, mask_to_token_region, resolve_sampli
 from jobs.serve import events, openai_images
 from jobs.serve.engine import JobFailure, JobOutput, SampleJob, StepEvent
 from jobs.serve.errors import PayloadLimitMiddleware, RequestError, error_response, install_error_handlers
-from jobs.serve.limits import deployment_models, halton_rule
+from jobs.serve.limits import deployment_models
 from jobs.serve.openai_images import (
     ClassNames,
     ImageData,
@@ -140,8 +140,6 @@ class _RequestChecker:
         knobs = self.defaults.to_dict()
         given = {name: value for name, value in request.model_dump().items() if name in knobs}
         given = {name: value for name, value in given.items() if value is not None}
-        if given.get("order", self.defaults.order) == "halton":
-            given.setdefault("schedule", "arccos")  # the Halton step table is arccos's
         try:
             return resolve_sampling(self.defaults, given)
         except ValueError as error:
@@ -256,9 +254,8 @@ def build_http_app(sampler: Sampler, info: dict[str, Any], options: ServeOptions
     models = deployment_models(options, info)
     classes = ClassNames(info.get("class_names"), info["num_classes"])
     size = info["image_size"]
-    halton = halton_rule(checker.defaults.order)
     ImagesRequest = bounded_request_model(
-        info["name"], size, options.max_images_per_request, options.max_steps, classes, [halton]
+        info["name"], size, options.max_images_per_request, options.max_steps, classes
     )
     app.add_middleware(PayloadLimitMiddleware, max_bytes=options.max_payload_bytes, render=_render)
     install_error_handlers(app, _render)

@@ -38,16 +38,6 @@ class DeploymentModels(NamedTuple):
     box: type[schema.PixelBox]
 
 
-def halton_rule(default_order: str) -> dict[str, Any]:
-    """JSON Schema: with order 'halton' (given, or the stored default when absent) the schedule is
-    arccos or absent."""
-    if default_order == "halton":
-        when = {"properties": {"order": {"enum": ["halton", None]}}}
-    else:
-        when = {"properties": {"order": {"const": "halton"}}, "required": ["order"]}
-    return {"if": when, "then": {"properties": {"schedule": {"enum": ["arccos", None]}}}}
-
-
 def whole_token_rule(size: int, factor: int) -> dict[str, Any]:
     """JSON Schema: with margin 0 a box must hold a whole token after clipping (the token box of
     `generation.box_to_token_region` rounds the box's size down to whole tokens)."""
@@ -80,7 +70,6 @@ def deployment_models(options: ServeOptions, info: dict[str, Any]) -> Deployment
     """
     classes, size = int(info["num_classes"]), int(info["image_size"])
     most = options.max_images_per_request
-    halton = halton_rule(info["sampling_defaults"].get("order", "confidence"))
     whole_token = whole_token_rule(size, int(info["downsample_factor"]))
     ClassId = integer(ge=0, lt=classes)
     class_text = f"class id in [0, {classes})"
@@ -89,7 +78,7 @@ def deployment_models(options: ServeOptions, info: dict[str, Any]) -> Deployment
     body = options.max_payload_bytes  # 413 above it, before the body is read
 
     class GenerateRequest(schema.GenerateRequest):
-        model_config = ConfigDict(json_schema_extra=_extra(classes_one_of, halton))
+        model_config = ConfigDict(json_schema_extra=_extra(classes_one_of))
 
         steps: Steps | None = steps_field
         class_ids: list[ClassId] | None = Field(
@@ -105,7 +94,7 @@ def deployment_models(options: ServeOptions, info: dict[str, Any]) -> Deployment
         width: Integer = Field(ge=1, le=size)
 
     class InpaintRequest(schema.InpaintRequest):
-        model_config = ConfigDict(json_schema_extra=_extra(region_one_of, halton, whole_token))
+        model_config = ConfigDict(json_schema_extra=_extra(region_one_of, whole_token))
 
         steps: Steps | None = steps_field
         image: str = Field(

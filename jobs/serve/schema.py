@@ -29,17 +29,16 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
+from transformer.config import MAX_SEED  # the sampler's seed bound (JSON-safe), shared with the CLI
 from weights.config_base import FrozenConfig
 
-# Seeds are in [0, MAX_SEED): integers a JavaScript client (the web page) holds exactly, and that a
-# JSON Schema validator comparing in float64 bounds exactly.
-MAX_SEED = 2**53
 OutputKind = Literal["png", "tokens"]
-# The sampler's names (transformer.masking / transformer.config), spelled out so this module needs no
-# torch; tests/test_serve_schema.py checks that they match.
+# The sampler's names (transformer.masking / transformer.config), spelled out so the OpenAPI enums read
+# as written here; tests/test_serve_schema.py checks that they match.
 NamedSchedule = Literal[
-    "arccos", "cosine", "linear", "square", "root", "jax-cosine", "jax-uniform", "jax-log", "jax-exp"
-]
+    "arccos", "cosine", "linear", "square", "root", "halton", "arccos-v2",
+    "jax-cosine", "jax-uniform", "jax-log", "jax-exp",
+]  # fmt: skip
 JaxPowSchedule = Annotated[str, StringConstraints(pattern=r"^jax-pow[0-9]{1,2}(\.[0-9]{1,2})?$")]
 Order = Literal["confidence", "halton"]
 CfgSchedule = Literal["linear", "constant"]
@@ -229,7 +228,9 @@ class SamplingKnobs(BaseModel):
 
     steps: integer(ge=1) | None = Field(None, description="decoding steps T (at most the server's max_steps)")
     schedule: NamedSchedule | JaxPowSchedule | None = Field(
-        None, description="masking schedule (jax-pow<K>: K with up to two digits and two decimals)"
+        None,
+        description="how many tokens each step reveals, with any order: a masking schedule ('halton' and "
+        "'arccos-v2' are the v2 samplers' tables; jax-pow<K>: K with up to two digits and two decimals)",
     )
     temperature: float | None = Field(
         None, ge=MIN_TEMPERATURE, le=100, allow_inf_nan=False, description="logits are divided by it"
@@ -241,8 +242,8 @@ class SamplingKnobs(BaseModel):
     cfg_schedule: CfgSchedule | None = Field(None, description="guidance weight ramp")
     order: Order | None = Field(
         None,
-        description="which masked tokens a step reveals: 'confidence' (v1) or 'halton' (v2; with "
-        "'halton' the schedule is arccos: absent means arccos, any other schedule is refused)",
+        description="which masked tokens a step reveals, with any schedule: 'confidence' (v1) or "
+        "'halton' (v2's order)",
     )
     seed: integer(ge=0, lt=MAX_SEED) | None = Field(
         None, description="image i uses seed + i; drawn and returned when absent"

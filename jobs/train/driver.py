@@ -136,9 +136,9 @@ def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> T
 
     from jobs.train.export import export_checkpoint
     from jobs.train.worker import model_config_for, train_loop
-    from transformer.config import SamplingConfig
+    from transformer.config import stored_sampling_config
 
-    SamplingConfig.from_dict(config.sampling)  # bad sampling defaults fail before any worker starts
+    stored_sampling_config(config.sampling)  # bad sampling defaults fail before any worker starts
     if config.sample_every and not config.tokenizer:
         raise ValueError("--sample-every needs --tokenizer (the VQGAN that decodes the sample grids)")
     manifest = check_store_matches_model(config)
