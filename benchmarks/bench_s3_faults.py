@@ -2,7 +2,7 @@
 
 Claim under test (issue #16 item 5): with 5 % of the requests faulted (503 SlowDown, a reset mid-body,
 a 2 s stall; a third each, `demo.s3_fault_proxy`), the streaming loader and the token-store writer
-still finish with exactly the fault-free result, by the retries of `pipeline.object_store`; this
+still finish with exactly the fault-free result, by the retries of `storage.filesystem`; this
 measures what the faults cost in throughput.
 
 Setup: the real tokens of `benchmarks.bench_loader` (Fashion-MNIST, 2 views of 16x16 uint16) in an

@@ -14,11 +14,11 @@ import struct
 import zlib
 from typing import Any
 
-import fsspec
 import numpy as np
 from PIL import Image
 
 from pipeline.images import encode_png
+from storage.filesystem import open_file
 
 # name -> (file name, whether it must be kept as an RGB image). Reasons are in pipeline.images.
 BAD_IMAGE_KINDS = {
@@ -108,7 +108,7 @@ def write_webdataset_shards(
     urls = []
     for shard, start in enumerate(range(0, len(images), per_shard)):
         shard_url = _join(url, f"shard-{shard:06d}.tar")
-        with fsspec.open(shard_url, "wb", **(storage_options or {})) as handle, wds.TarWriter(handle) as tar:
+        with open_file(shard_url, "wb", storage_options) as handle, wds.TarWriter(handle) as tar:
             for index in range(start, min(start + per_shard, len(images))):
                 tar.write(
                     {
@@ -154,7 +154,7 @@ def write_parquet_files(
             }
         )
         file_url = _join(url, f"part-{part:06d}.parquet")
-        with fsspec.open(file_url, "wb", **(storage_options or {})) as handle:
+        with open_file(file_url, "wb", storage_options) as handle:
             pq.write_table(table, handle, row_group_size=row_group_size)
         urls.append(file_url)
     return urls

@@ -180,7 +180,7 @@ class LocalS3Server:
 
     def _wait_ready(self, timeout_s: float, log_path: Path) -> None:
         """Poll until a PUT + GET round trip succeeds (an open port is not enough)."""
-        import s3fs
+        from storage.filesystem import url_to_fs
 
         deadline = time.monotonic() + timeout_s
         probe = f"{self.bucket}/.ready-{uuid.uuid4().hex}"
@@ -189,7 +189,7 @@ class LocalS3Server:
             if self._process is not None and self._process.poll() is not None:
                 raise S3ServerError(f"weed exited with code {self._process.returncode}; see {log_path}")
             try:
-                fs = s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
+                fs, _ = url_to_fs("s3://", {**self.storage_options, "skip_instance_cache": True})
                 fs.pipe(probe, b"ok")
                 if fs.cat(probe) == b"ok":
                     fs.rm(probe)

@@ -2,8 +2,7 @@
 
 `maskgit evaluate` samples N images in shards over many workers and may be killed at any point; a
 rerun must redo only what was not finished and never sample a finished shard again. Layout at
-`<root>` (any fsspec filesystem; the caller passes the filesystem object, this module imports no
-storage library):
+`<root>` (any fsspec filesystem; the caller passes the filesystem object):
 
     <root>/plan.json                                   the run's settings; reruns must match them
     <root>/samples/shard-000042.npz                    images (n, H, W, 3) uint8, class_ids, seeds, indices
@@ -13,7 +12,9 @@ storage library):
     <root>/features/<evaluator>/shard-000042.json      commit marker
     <root>/attempts/shard-000042-<run>-<attempt>.json  one record per time a worker starts sampling a shard
 
-An object is written whole, then its marker; a shard without a marker is unfinished and is redone.
+An object is written whole, then its marker (the one commit protocol of `storage.commit`: temp +
+rename locally, one PUT on object storage, the marker last); a shard without a marker is unfinished
+and is redone.
 Sample i (global index in the class-major plan) always uses seed `seed + i`, so a redone shard
 reproduces the same images.
 """
@@ -21,13 +22,14 @@ reproduces the same images.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import time
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from storage.commit import put_whole, read_verified, sha256_hex, write_committed
 
 PLAN_NAME = "plan.json"
 
@@ -87,6 +89,11 @@ def _load_npz(data: bytes) -> dict[str, np.ndarray]:
         return {key: archive[key] for key in archive.files}
 
 
+def _is_record(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith(".json") and not name.startswith(".")
+
+
 class SampleStore:
     """Reader/writer of the layout above.
 
@@ -114,7 +121,7 @@ class SampleStore:
         normalized = json.loads(json.dumps(plan, sort_keys=True))
         if not self.fs.exists(path):
             self.fs.makedirs(self.root, exist_ok=True)
-            self.fs.pipe(path, json.dumps(normalized, indent=1, sort_keys=True).encode())
+            put_whole(self.fs, path, json.dumps(normalized, indent=1, sort_keys=True).encode())
             return False
         existing = json.loads(self.fs.cat(path))
         if existing != normalized:
@@ -162,27 +169,29 @@ class SampleStore:
         record = {"shard": index, "run": run_id, "attempt": attempt_id, "started": time.time(), **details}
         path = f"{self.root}/attempts/shard-{index:06d}-{run_id}-{attempt_id}.json"
         self.fs.makedirs(f"{self.root}/attempts", exist_ok=True)
-        self.fs.pipe(path, json.dumps(record).encode())
+        put_whole(self.fs, path, json.dumps(record).encode())
 
     def attempts(self) -> list[dict[str, Any]]:
         """Every attempt record, in no particular order."""
         directory = f"{self.root}/attempts"
         if not self.fs.exists(directory):
             return []
-        return [json.loads(self.fs.cat(path)) for path in self.fs.ls(directory, detail=False)]
+        paths = self.fs.ls(directory, detail=False)
+        # Only records: a crash during a local write can leave a `.<name>.<token>.tmp` file behind.
+        return [json.loads(self.fs.cat(path)) for path in paths if _is_record(path)]
 
     def _write(self, data_path: str, marker_path: str, data: bytes, count: int, **details: Any) -> None:
         self.fs.makedirs(data_path.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.pipe(data_path, data)
-        marker = {"count": count, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), **details}
-        self.fs.pipe(marker_path, json.dumps(marker).encode())  # last: the shard exists from here on
+        marker = {"count": count, "sha256": sha256_hex(data), "bytes": len(data), **details}
+        # The marker last: the shard exists from then on.
+        write_committed(self.fs, {data_path: data}, marker_path, json.dumps(marker).encode())
 
     def _read(self, data_path: str, marker_path: str) -> dict[str, np.ndarray]:
         marker = json.loads(self.fs.cat(marker_path))
-        data = self.fs.cat(data_path)
-        if hashlib.sha256(data).hexdigest() != marker["sha256"]:
+        data = read_verified(self.fs, data_path, sha256=marker["sha256"])
+        if data is None:
             raise ValueError(
-                f"{data_path} does not match its commit marker (corrupt); delete both to redo it"
+                f"{data_path} is missing or does not match its commit marker; delete both to redo it"
             )
         return _load_npz(data)
 
@@ -218,7 +227,7 @@ class SampleStore:
         normalized = json.loads(json.dumps(info, sort_keys=True))
         if not self.fs.exists(path):
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            self.fs.pipe(path, json.dumps(normalized, indent=1, sort_keys=True).encode())
+            put_whole(self.fs, path, json.dumps(normalized, indent=1, sort_keys=True).encode())
         elif json.loads(self.fs.cat(path)) != normalized:
             raise PlanMismatchError(
                 f"features under {path.rsplit('/', 1)[0]} were made by another evaluator set-up; delete that "

@@ -30,7 +30,7 @@ from torch import nn
 
 from generation.regions import PixelBox, blend_into, box_to_token_region, mask_to_token_region
 from generation.settings import SamplingOverrides, resolve_sampling
-from pipeline.images import center_crop_resize, to_model_input, to_uint8_images
+from tokenizer.pixels import center_crop_resize, to_model_input, to_uint8_images
 from transformer import EditResult, SampleResult, SampleTrace, SamplingConfig, inpaint, outpaint, sample
 from weights import unwrap_model
 
@@ -162,22 +162,18 @@ class MaskGIT:
             bf16: bfloat16 autocast for every model call.
             storage_options: fsspec options for remote paths (credentials are never logged).
         """
-        from pipeline.object_store import with_retry_defaults
         from tokenizer import load_vqgan
         from transformer import load_class_names, load_sampling_config, load_transformer
 
         device = resolve_device(device)
-        # Object-store reads retry throttling and dropped connections (pipeline.object_store's defaults).
-        model_options = with_retry_defaults(transformer, storage_options)
-        model = load_transformer(transformer, map_location=device, storage_options=model_options)
-        vqgan = load_vqgan(
-            tokenizer, map_location=device, storage_options=with_retry_defaults(tokenizer, storage_options)
-        )
+        # weights/ opens every path through storage/, which adds our object-store retries itself.
+        model = load_transformer(transformer, map_location=device, storage_options=storage_options)
+        vqgan = load_vqgan(tokenizer, map_location=device, storage_options=storage_options)
         pipe = cls(
             model,
             vqgan,
-            sampling_defaults=load_sampling_config(transformer, storage_options=model_options),
-            class_names=load_class_names(transformer, storage_options=model_options),
+            sampling_defaults=load_sampling_config(transformer, storage_options=storage_options),
+            class_names=load_class_names(transformer, storage_options=storage_options),
             bf16=bf16,
         )
         logger.info(

@@ -133,11 +133,10 @@ def _run_from_args(args: argparse.Namespace) -> int:
 
 
 def _read_image(url: str, storage_options: dict[str, Any] | None) -> np.ndarray:
-    import fsspec
-
     from pipeline.images import ImageRejected, decode_image
+    from storage.filesystem import url_to_fs
 
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = url_to_fs(url, storage_options)
     if not fs.isfile(path):
         raise FileNotFoundError(f"no image at {url}")
     try:
@@ -152,10 +151,9 @@ def run_sample(options: SampleOptions) -> SampleOutput:
     Raises:
         ValueError / FileNotFoundError: bad input, with a message naming it.
     """
-    import fsspec
-
     from generation import MaskGIT
     from pipeline.images import encode_png, image_grid
+    from storage.filesystem import url_to_fs
 
     pipe = MaskGIT.load(
         options.transformer, options.tokenizer, device=options.device, bf16=options.precision == "bf16",
@@ -179,7 +177,7 @@ def run_sample(options: SampleOptions) -> SampleOutput:
         )  # fmt: skip
         images = edit.images
         grid = image_grid(np.concatenate([edit.original[None], images]), columns=min(1 + len(images), 9))
-    fs, path = fsspec.core.url_to_fs(options.out, **(options.storage_options or {}))
+    fs, path = url_to_fs(options.out, options.storage_options)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
         fs.makedirs(parent, exist_ok=True)

@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.sample_order import EpochOrder, flip_choices, global_steps, rank_step_ranges
-from pipeline.shard_cache import DiskCache, RetryPolicy, ShardPrefetcher, ShardSource, with_s3_retry_defaults
+from pipeline.shard_cache import DiskCache, RetryPolicy, ShardPrefetcher, ShardSource, private_client_options
 from pipeline.store import StoreFormatError, StoreManifest, TokenShard, open_token_store
 
 CODEC_MODULES = {"arrow": "pyarrow.ipc", "zarr": "zarr"}  # what decoding a shard of each format imports
@@ -158,9 +158,7 @@ class TokenDataset(IterableDataset):
         self.streaming = streaming or StreamingConfig()
         self._storage_options = storage_options
         # The manifest is read here; the filesystem is not kept (each process opens its own).
-        self.manifest: StoreManifest = open_token_store(
-            url, with_s3_retry_defaults(url, storage_options)
-        ).manifest
+        self.manifest: StoreManifest = open_token_store(url, private_client_options(storage_options)).manifest
         has_flip = len(self.manifest.views) > 1
         if order.flip and not has_flip:
             raise ValueError(

@@ -1,9 +1,9 @@
-"""Image decoding and the reference's evaluation transform, shared by every stage that reads pixels.
+"""Image decoding, shared by every stage that reads pixels, and PNG / grid writing.
 
-The reference (valeoai MaskGIT-pytorch v1) feeds the VQGAN RGB images resized so the short side equals
-the target size, center-cropped, and mapped to [-1, 1] with x * 2 - 1. Decoding here is defensive: every
-input either becomes an RGB uint8 array or raises `ImageRejected` with a reason that goes to the rejects
-file. Nothing is dropped silently.
+Decoding here is defensive: every input either becomes an RGB uint8 array or raises `ImageRejected`
+with a reason that goes to the rejects file. Nothing is dropped silently. The reference's input
+transform (resize + center crop) and its [-1, 1] mapping are the tokenizer's conventions and live in
+`tokenizer.pixels`; they are re-exported here for the stages that decode and then crop.
 
 Shapes: H×W×3 uint8 arrays for pixels; B×3×H×W float tensors in [-1, 1] for the model.
 """
@@ -15,6 +15,18 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from tokenizer.pixels import center_crop_resize, to_model_input, to_uint8_images
+
+__all__ = [
+    "ImageRejected",
+    "center_crop_resize",
+    "decode_image",
+    "encode_png",
+    "image_grid",
+    "to_model_input",
+    "to_uint8_images",
+]
 
 # Pillow's default bomb limit is about 89 Mpx; ImageNet's largest image is far below 40 Mpx.
 MAX_IMAGE_PIXELS = 64_000_000
@@ -85,43 +97,6 @@ def decode_image(data: bytes, *, min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
             raise ImageRejected("not_an_image") from None
         except (OSError, SyntaxError, ValueError, EOFError) as error:
             raise ImageRejected("corrupt", str(error)) from None
-
-
-def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """The reference's evaluation transform: resize the short side to `size` (bicubic), center-crop.
-
-    Args:
-        image: (H, W, 3) uint8.
-        size: output side in pixels.
-
-    Returns:
-        (size, size, 3) uint8.
-    """
-    height, width = image.shape[:2]
-    if (height, width) == (size, size):
-        return image
-    scale = size / min(height, width)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
-def to_model_input(images: np.ndarray):
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 torch tensor in [-1, 1] (the reference's 2x - 1)."""
-    import torch
-
-    array = np.ascontiguousarray(images)
-    if not array.flags.writeable:  # e.g. a crop of a PIL buffer; torch.from_numpy warns on read-only memory
-        array = array.copy()
-    tensor = torch.from_numpy(array).permute(0, 3, 1, 2).float()
-    return tensor.div_(127.5).sub_(1.0)
-
-
-def to_uint8_images(images) -> np.ndarray:
-    """(B, 3, H, W) float tensor in about [-1, 1] -> (B, H, W, 3) uint8 (clamped)."""
-    array = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round()
-    return array.to("cpu").byte().permute(0, 2, 3, 1).numpy()
 
 
 def encode_png(image: np.ndarray) -> bytes:

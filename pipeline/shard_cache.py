@@ -4,8 +4,8 @@ Three pieces, leaf first:
 
 - `RetryPolicy` + `ShardSource`: fetch one shard's bytes through `pipeline.store` (which checks size
   and sha256), retrying what botocore and s3fs cannot (a checksum mismatch, a whole outage) with
-  exponential backoff and jitter, on top of their own retries (`with_s3_retry_defaults`; the layers
-  are described in `pipeline.object_store`). The fsspec filesystem is opened lazily in the
+  exponential backoff and jitter, on top of their own retries (`storage.filesystem` adds them; the
+  layers are described there). The fsspec filesystem is opened lazily in the
   process that uses it and reopened after a fork or a failure: an async S3 client inherited from a
   parent process can deadlock in a forked DataLoader worker (fsspec#835).
 - `DiskCache`: a bounded, content-addressed directory of shard objects (`<sha256>.shard`) that every
@@ -33,9 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
-from pipeline.object_store import with_retry_defaults
 from pipeline.store import (
     ShardChecksumError,
     ShardInfo,
@@ -47,15 +44,16 @@ from pipeline.store import (
     decode_shard,
     sha256_hex,
 )
+from storage.filesystem import url_to_fs
 
 logger = logging.getLogger(__name__)
 
 
-def with_s3_retry_defaults(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """Storage options for a reader: a private filesystem instance, and for s3:// botocore's
-    retry mode and timeouts (`pipeline.object_store.S3_CONFIG_DEFAULTS`) unless the caller set their own."""
-    options = with_retry_defaults(url, storage_options)
-    options.setdefault("skip_instance_cache", True)  # never share (or inherit) a cached client
+def private_client_options(storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Storage options for a reader's own filesystem instance: never a shared (or inherited) cached
+    client. The object-store retry settings are added by `storage.filesystem.url_to_fs`."""
+    options = dict(storage_options or {})
+    options.setdefault("skip_instance_cache", True)
     return options
 
 
@@ -117,7 +115,7 @@ class ShardSource:
         self.manifest = manifest
         self.cache = cache
         self.retry = retry or RetryPolicy()
-        self._storage_options = with_s3_retry_defaults(url, storage_options)
+        self._storage_options = private_client_options(storage_options)
         self._store: TokenStore | None = None
         self._pid = -1
         self._lock = threading.Lock()
@@ -135,7 +133,7 @@ class ShardSource:
         """This process's store handle (the manifest is not re-read: it is already verified)."""
         with self._lock:
             if reopen or self._store is None or self._pid != os.getpid():
-                fs, root = fsspec.core.url_to_fs(self.url, **self._storage_options)
+                fs, root = url_to_fs(self.url, self._storage_options)
                 self._store = TokenStore(url=self.url, fs=fs, root=root.rstrip("/"), manifest=self.manifest)
                 self._pid = os.getpid()
             return self._store

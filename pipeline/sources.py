@@ -31,7 +31,7 @@ import fsspec
 import numpy as np
 
 from pipeline.images import ImageRejected, center_crop_resize, decode_image
-from pipeline.object_store import open_file, url_to_fs
+from storage.filesystem import open_file, url_to_fs
 
 INPUT_FORMATS = ("folder", "webdataset", "parquet")
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff", "gif")  # webdataset keys

@@ -12,24 +12,23 @@ Layout of a store at `<root>` (a local path or `s3://bucket/prefix`):
     <root>/_commits/shard-000042.json    one commit record per finished shard (survives crashes)
 
 Each shard is one object, written whole by exactly one task and visible atomically (never two writers
-into one Zarr store: zarr-python loses data then, zarr#3682). Shard bytes are deterministic (no
-timestamps), so a resumed run yields the same checksums as an uninterrupted one.
+into one Zarr store: zarr-python loses data then, zarr#3682). Shard, commit record and manifest follow
+the one commit protocol of `storage.commit` (object whole, then its record, the manifest last).
+Shard bytes are deterministic (no timestamps), so a resumed run yields the same checksums as an
+uninterrupted one.
 
 Shapes: n samples in a shard, V views (0 original, 1 horizontally flipped), h×w token grid.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import fsspec
 
-from pipeline.object_store import url_to_fs
 from pipeline.shard_codec import (
     STORE_FORMATS,
     StoreError,
@@ -38,6 +37,8 @@ from pipeline.shard_codec import (
     decode_shard_bytes,
     encode_shard,
 )
+from storage.commit import put_whole, read_json, read_verified, sha256_hex, write_committed
+from storage.filesystem import url_to_fs
 
 __all__ = [
     "FORMAT_VERSION",
@@ -182,10 +183,6 @@ def shard_path(index: int, store_format: str) -> str:
     return f"{SHARD_DIR}/shard-{index:06d}{_SHARD_SUFFIX[store_format]}"
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def decode_shard(data: bytes, manifest: StoreManifest) -> TokenShard:
     """Parse one shard object's bytes (pure, no I/O).
 
@@ -197,13 +194,6 @@ def decode_shard(data: bytes, manifest: StoreManifest) -> TokenShard:
 
 
 # --- reader ---------------------------------------------------------------------------------------
-
-
-def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(fs.cat_file(path))
-    except FileNotFoundError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -265,7 +255,7 @@ def open_token_store(url: str, storage_options: dict[str, Any] | None = None) ->
     """
     fs, root = url_to_fs(url, storage_options)
     root = root.rstrip("/")
-    data = _read_json(fs, f"{root}/{MANIFEST_NAME}")
+    data = read_json(fs, f"{root}/{MANIFEST_NAME}")
     if data is None:
         raise StoreIncompleteError(
             f"{url} has no {MANIFEST_NAME}: the store is incomplete (its writer has not finished; rerun it "
@@ -296,21 +286,6 @@ class TokenStoreWriter:
         self.url = url
         self.fs, root = url_to_fs(url, storage_options)
         self.root = root.rstrip("/")
-        self._local = "file" in (
-            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        )
-
-    def _put_atomic(self, relative: str, data: bytes) -> None:
-        """Make `<root>/<relative>` appear whole or not at all (temp file + rename, or one PUT)."""
-        path = f"{self.root}/{relative}"
-        if self._local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)  # atomic on POSIX
-        else:
-            self.fs.pipe_file(path, data)  # an object store makes one PUT visible only when complete
 
     # settings ----------------------------------------------------------------------------------
 
@@ -323,11 +298,12 @@ class TokenStoreWriter:
         Raises:
             StoreSettingsError: naming each setting that differs.
         """
-        existing = _read_json(self.fs, f"{self.root}/{PLAN_NAME}")
+        existing = read_json(self.fs, f"{self.root}/{PLAN_NAME}")
         if existing is None:
             if self.fs.exists(f"{self.root}/{MANIFEST_NAME}"):
                 raise StoreSettingsError(f"{self.url} holds a store without a plan; write to a new URL")
-            self._put_atomic(PLAN_NAME, json.dumps(plan, indent=1, sort_keys=True).encode())
+            text = json.dumps(plan, indent=1, sort_keys=True)
+            put_whole(self.fs, f"{self.root}/{PLAN_NAME}", text.encode())
             return False
         normalized = json.loads(json.dumps(plan))
         if existing != normalized:
@@ -361,25 +337,25 @@ class TokenStoreWriter:
         """
         data = encode_shard(shard, store_format)
         info = ShardInfo(shard_path(index, store_format), len(shard.labels), sha256_hex(data), len(data))
-        self._put_atomic(info.path, data)
         record = {"index": index, "shard": info.to_dict(), "rejects": list(rejects), "extra": extra}
-        self._put_atomic(_commit_path(index), json.dumps(record, sort_keys=True).encode())
+        write_committed(
+            self.fs,
+            {f"{self.root}/{info.path}": data},
+            f"{self.root}/{_commit_path(index)}",
+            json.dumps(record, sort_keys=True).encode(),
+        )
         return info
 
     def read_commit(self, index: int, *, verify: bool = True) -> ShardCommit | None:
         """The commit of shard `index`, or None when it is absent or (with `verify`) its object is
         missing or does not match the recorded size and sha256 (so the shard gets redone)."""
-        record = _read_json(self.fs, f"{self.root}/{_commit_path(index)}")
+        record = read_json(self.fs, f"{self.root}/{_commit_path(index)}")
         if record is None:
             return None
         info = ShardInfo.from_dict(record["shard"])
-        if verify:
-            try:
-                data = self.fs.cat_file(f"{self.root}/{info.path}")
-            except FileNotFoundError:
-                return None
-            if len(data) != info.bytes or sha256_hex(data) != info.sha256:
-                return None
+        shard = f"{self.root}/{info.path}"
+        if verify and read_verified(self.fs, shard, sha256=info.sha256, size=info.bytes) is None:
+            return None
         return ShardCommit(info, list(record["rejects"]), record.get("extra"))
 
     def committed_indices(self) -> set[int]:
@@ -396,15 +372,20 @@ class TokenStoreWriter:
     def commit(self, manifest: StoreManifest, commits: list[ShardCommit]) -> StoreManifest:
         """Write the rejects file and, last, manifest.json listing `commits` in order."""
         rejects = [reject for commit in commits for reject in commit.rejects]
-        rejects_name = None
+        objects = {}
         if rejects:
             lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
-            self._put_atomic(REJECTS_NAME, lines.encode())
-            rejects_name = REJECTS_NAME
+            objects[f"{self.root}/{REJECTS_NAME}"] = lines.encode()
         final = StoreManifest(
-            **{**_fields(manifest), "shards": tuple(c.shard for c in commits), "rejects": rejects_name}
+            **{
+                **_fields(manifest),
+                "shards": tuple(c.shard for c in commits),
+                "rejects": REJECTS_NAME if rejects else None,
+            }
         )
-        self._put_atomic(MANIFEST_NAME, json.dumps(final.to_dict(), indent=1).encode())
+        write_committed(
+            self.fs, objects, f"{self.root}/{MANIFEST_NAME}", json.dumps(final.to_dict(), indent=1).encode()
+        )
         return final
 
 

@@ -5,7 +5,7 @@
 actor count, batch size) are chosen where Ray runs it, in the tokenize job's actors (jobs/tokenize.py).
 It runs without Ray.
 
-The model input is the reference's normalisation x / 127.5 - 1 (`pipeline.images.to_model_input`).
+The model input is the reference's normalisation x / 127.5 - 1 (`tokenizer.pixels.to_model_input`).
 With `flip=True` a second view holds the tokens of the horizontally flipped image (not the flipped
 tokens of the image: a VQGAN's codes are not mirror-symmetric), so training keeps the reference's
 random horizontal flip while reading pre-computed tokens.
@@ -19,22 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.images import to_model_input
+from tokenizer.checkpoint import tokenizer_identity  # re-exported: the jobs call it from here
+from tokenizer.pixels import to_model_input
 
-
-def tokenizer_identity(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """{"config": tokenizer config dict, "weights_sha256": digest of the weights}: what a store records.
-
-    `path` is a local path or a URL; our folders are identified from their `config.json` alone.
-    """
-    from tokenizer.checkpoint import load_vqgan, read_vqgan_config, weights_digest
-
-    try:
-        config = read_vqgan_config(path, storage_options=storage_options)
-    except (FileNotFoundError, ValueError):  # a foreign checkpoint: its config comes from loading it
-        config = load_vqgan(path, storage_options=storage_options).config
-    digest = weights_digest(path, storage_options=storage_options)
-    return {"config": config.to_dict(), "weights_sha256": digest}
+__all__ = ["TokenizeBatch", "tokenizer_identity"]
 
 
 class TokenizeBatch:
@@ -46,10 +34,7 @@ class TokenizeBatch:
         flip: also encode the horizontally flipped images (view 1).
         batch_size: images per forward pass; a larger `__call__` batch is split into these.
         device: "cuda", "cpu", ...; default CUDA when visible (Ray hides GPUs from CPU actors).
-        num_threads: torch CPU threads for this instance; None: see `instances_per_node`.
-        instances_per_node: when `num_threads` is None and the model runs on the CPU, the instances
-            sharing this node's cores (the tokenize job's actors): each takes cores // this many torch
-            threads, so they do not oversubscribe the cores. None keeps torch's setting.
+        num_threads: torch CPU threads for this instance; None keeps torch's setting.
         storage_options: fsspec options for a remote `tokenizer`.
     """
 
@@ -61,22 +46,17 @@ class TokenizeBatch:
         batch_size: int = 64,
         device: str | None = None,
         num_threads: int | None = None,
-        instances_per_node: int | None = None,
         storage_options: dict[str, Any] | None = None,
     ):
-        import os
-
         import torch
 
         from tokenizer.checkpoint import load_vqgan
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if num_threads is None and instances_per_node and self.device.type == "cpu":
-            num_threads = max(1, (os.cpu_count() or 1) // instances_per_node)
         if num_threads:
             torch.set_num_threads(num_threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = load_vqgan(tokenizer, map_location=self.device, storage_options=storage_options)
         self.model.eval().requires_grad_(False)
         if self.model.config.codebook_size > 65536:
@@ -117,8 +97,7 @@ class TokenizeBatch:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Replace `batch["images"]` (B, R, R, 3) uint8 by `batch["tokens"]` (B, V, h, w) uint16.
 
-        Other entries (labels, ids, a shard index, ...) pass through unchanged; the tokenize job's
-        actors call this on each prepared shard.
+        Other columns (labels, ids, ...) pass through unchanged.
         """
         result = {key: value for key, value in batch.items() if key != "images"}
         result["tokens"] = self.encode(np.asarray(batch["images"]))

@@ -1,8 +1,9 @@
 """The package layout: imports flow one way, never in a circle, and only jobs/ touches Ray/DeepSpeed.
 
-The arrows are those of docs/architecture.md: `weights` (our folder format) is the leaf; the model
-packages build on it; `pipeline` adds the token store; `generation` joins the models into images;
-`jobs` and `demo` sit on top.
+The arrows are those of docs/architecture.md: `storage` (URLs to filesystems with our object-store
+retries, and the commit protocol) is the leaf; `weights` (our folder format) builds on it; the model
+packages build on that; `pipeline` adds the token store; `generation` joins the models into images;
+`jobs` and `demo` sit on top. Only storage/ opens URLs itself.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Which of our packages each package may import.
 ALLOWED = {
-    "weights": set(),
-    "tokenizer": {"weights"},
-    "transformer": {"weights"},
-    "evaluation": set(),
-    "pipeline": {"tokenizer", "weights"},
-    "generation": {"tokenizer", "transformer", "weights", "pipeline"},
-    "demo": {"pipeline", "tokenizer", "transformer", "weights"},
+    "storage": set(),
+    "weights": {"storage"},
+    "tokenizer": {"storage", "weights"},
+    "transformer": {"storage", "weights"},
+    "evaluation": {"storage"},
+    "pipeline": {"storage", "tokenizer", "weights"},
+    "generation": {"storage", "tokenizer", "transformer", "weights"},
+    "demo": {"pipeline", "storage", "tokenizer", "transformer", "weights"},
 }
 ALLOWED["jobs"] = set(ALLOWED)  # everything but itself
 OURS = set(ALLOWED)
@@ -148,3 +150,82 @@ def test_cycle_check_sees_a_cycle(tmp_path):
     assert find_cycle(graph) == ["a.one", "a.two", "b", "a.one"]
     (tmp_path / "b" / "__init__.py").write_text("h = 1\n")
     assert find_cycle(import_graph(tmp_path, ["a", "b"])) is None
+
+
+# --- only storage/ opens URLs ----------------------------------------------------------------------
+
+# Storage libraries whose filesystems carry (or would bypass) our object-store retry settings.
+STORAGE_LIBRARIES = ("fsspec", "s3fs")
+# Calls into them that open nothing: pure string helpers on URLs. Everything else that is *called*
+# (`fsspec.open`, `fsspec.open_files`, `fsspec.filesystem`, `fsspec.core.url_to_fs`, `s3fs.S3FileSystem`,
+# a `LocalFileSystem()` ...) builds a filesystem or opens a file without `storage.filesystem`'s
+# retries, so it belongs in storage/. Names used without a call (type hints such as
+# `fsspec.AbstractFileSystem`, `isinstance(fs, LocalFileSystem)`) are fine.
+PURE_URL_HELPERS = {"fsspec.utils.get_protocol", "fsspec.core.split_protocol", "fsspec.core.strip_protocol"}
+
+
+def storage_calls(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted name) of every call into fsspec / s3fs in the file that is not a pure URL helper.
+
+    Resolves `import fsspec`, `import fsspec.core as core`, `from fsspec.core import url_to_fs`,
+    `from s3fs import S3FileSystem` and such, at any level of the file.
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    bound: dict[str, str] = {}  # local name -> dotted path inside a storage library
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]
+                if top in STORAGE_LIBRARIES:
+                    # `import fsspec.core` binds `fsspec`; `import fsspec.core as c` binds `c`.
+                    bound[alias.asname or top] = alias.name if alias.asname else top
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names if node.module.split(".")[0] in STORAGE_LIBRARIES else ():
+                bound[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+
+    def dotted(expression: ast.expr) -> str | None:
+        if isinstance(expression, ast.Name):
+            return bound.get(expression.id)
+        if isinstance(expression, ast.Attribute):
+            base = dotted(expression.value)
+            return f"{base}.{expression.attr}" if base else None
+        return None
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and (name := dotted(node.func)) and name not in PURE_URL_HELPERS:
+            found.append((node.lineno, name))
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(set(PRESENT) - {"storage"}))
+def test_only_storage_opens_urls(package):
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} calls {name} (open URLs through storage.filesystem)"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for line, name in storage_calls(path)
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_url_check_sees_direct_opens(tmp_path):
+    # The checker must catch each way of opening a URL directly, or the test above could pass vacuously.
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import fsspec\nimport fsspec.core as core\nimport s3fs\n"
+        "from fsspec.core import url_to_fs\nfrom fsspec.implementations.local import LocalFileSystem\n"
+        "def f(url, fs: fsspec.AbstractFileSystem):\n"
+        "    fsspec.open(url)\n    fsspec.filesystem('s3')\n    fsspec.core.url_to_fs(url)\n"
+        "    core.open_files(url)\n    url_to_fs(url)\n    s3fs.S3FileSystem(anon=True)\n"
+        "    LocalFileSystem()\n"
+        "    isinstance(fs, LocalFileSystem)\n    fsspec.utils.get_protocol(url)\n"
+    )
+    assert [name for _, name in storage_calls(bad)] == [
+        "fsspec.open",
+        "fsspec.filesystem",
+        "fsspec.core.url_to_fs",
+        "fsspec.core.open_files",
+        "fsspec.core.url_to_fs",
+        "s3fs.S3FileSystem",
+        "fsspec.implementations.local.LocalFileSystem",
+    ]

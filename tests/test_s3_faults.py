@@ -2,7 +2,7 @@
 
 5 % of the requests (SlowDown 503s, connection resets mid-body and 2 s stalls, a third each) fail on
 their way between our clients and the real S3 server; the retries configured in
-`pipeline.object_store` must hide them completely: nothing lost, nothing doubled, the same bytes as a
+`storage.filesystem` must hide them completely: nothing lost, nothing doubled, the same bytes as a
 fault-free run. Each test asserts that every kind of fault was really injected. Request paths are
 fixed, so the seeded fault decisions are the same in every run.
 """
@@ -23,9 +23,9 @@ from test_dataset_support import write_token_store
 from demo.example_data import balanced_subset, to_rgb, write_image_folder
 from demo.s3_fault_proxy import FaultConfig, S3FaultProxy
 from pipeline.dataset import OrderConfig, StreamingConfig, TokenDataset
-from pipeline.object_store import with_retry_defaults
 from pipeline.stateful_loader import make_loader
 from pipeline.store import open_token_store
+from storage.filesystem import S3_CONFIG_DEFAULTS, url_to_fs
 
 pytestmark = pytest.mark.s3
 
@@ -68,13 +68,15 @@ class Faulted:
 
 
 def test_retry_defaults_apply_to_s3_urls_and_yield_to_the_caller():
-    from pipeline.object_store import S3_CONFIG_DEFAULTS
-
-    options = with_retry_defaults("s3://bucket/store", {"key": "k", "config_kwargs": {"read_timeout": 5}})
-    assert options["key"] == "k" and options["config_kwargs"] == {**S3_CONFIG_DEFAULTS, "read_timeout": 5}
-    assert options["config_kwargs"]["retries"] == {"max_attempts": 5, "mode": "standard"}
-    assert options["config_kwargs"]["read_timeout"] > STALL_S  # a stall is waited out, not failed
-    assert with_retry_defaults("/local/store", {"auto_mkdir": True}) == {"auto_mkdir": True}
+    caller = {"key": "k", "skip_instance_cache": True, "config_kwargs": {"read_timeout": 5}}
+    fs, path = url_to_fs("s3://bucket/store", caller)  # builds the client, sends nothing
+    assert path == "bucket/store" and fs.key == "k"
+    assert fs.config_kwargs == {**S3_CONFIG_DEFAULTS, "read_timeout": 5}  # the caller's key wins
+    assert caller["config_kwargs"] == {"read_timeout": 5}  # the caller's options are not modified
+    assert S3_CONFIG_DEFAULTS["retries"] == {"max_attempts": 5, "mode": "standard"}
+    assert S3_CONFIG_DEFAULTS["read_timeout"] > STALL_S  # a stall is waited out, not failed
+    local, _ = url_to_fs("/local/store", {"auto_mkdir": True})
+    assert local.auto_mkdir and not hasattr(local, "config_kwargs")
 
 
 # --- the proxy itself ----------------------------------------------------------------------------------
@@ -312,10 +314,9 @@ def test_checkpoints_and_model_folder_round_trip_through_faults(proxy, s3_server
         resumed = CheckpointStore(uri, proxy.storage_options)
         latest = resumed.latest_step()
         restored = resumed.download(latest, tmp_path / "resume")
-        # weights/ takes storage options as given (it may not import pipeline): pass our defaults.
-        folder_options = with_retry_defaults(folder, proxy.storage_options)
-        saved_folder = save_transformer(model, folder, storage_options=folder_options)
-        loaded = load_transformer(saved_folder, storage_options=folder_options)
+        # weights/ opens the folder through storage/, which adds the retry defaults itself.
+        saved_folder = save_transformer(model, folder, storage_options=proxy.storage_options)
+        loaded = load_transformer(saved_folder, storage_options=proxy.storage_options)
     faulted.assert_every_kind_injected()
 
     assert latest == CHECKPOINT_STEPS and resumed.read_meta(latest).loader_state["offset"] == latest * 64

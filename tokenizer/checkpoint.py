@@ -2,7 +2,7 @@
 
 The config travels with the weights (docs/architecture.md, "Weights"): `save_vqgan` writes the
 VQGANConfig next to the safetensors file through `weights.save_folder` (atomically, locally or at an
-fsspec URL). `load_vqgan` reads that folder, or hands a foreign checkpoint (taming's Lightning
+fsspec URL). `load_tokenizer` reads that folder, or hands a foreign checkpoint (taming's Lightning
 `last.ckpt`, a bare state-dict `.pt`) to `tokenizer.convert`, the one reader of foreign formats.
 Both tokenizer families live in the same folder format, told apart by the stored config's `family`
 ("vqgan" or "llamagen-vq"; folders saved before the field existed are VQGANs); a foreign file
@@ -35,12 +35,12 @@ from weights import (
     is_local,
     is_model_folder,
     load_folder_weights,
+    load_state_dict_strictly,
     local_copy,
     read_folder_config,
     save_folder,
     unwrap_model,
 )
-from weights import load_state_dict_strictly as _load_strictly
 from weights import weights_digest as _folder_weights_digest
 
 __all__ = [
@@ -48,11 +48,11 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
-    "load_state_dict_strictly",
     "load_tokenizer",
     "load_vqgan",
     "read_vqgan_config",
     "save_vqgan",
+    "tokenizer_identity",
     "unwrap_model",
     "weights_digest",
     "weights_file",
@@ -61,15 +61,6 @@ __all__ = [
 FORMAT_NAME = "maskgit-vqgan"
 FORMAT_VERSION = FOLDER_VERSION
 StorageOptions = Mapping[str, Any] | None
-
-
-def load_state_dict_strictly(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """`weights.load_state_dict_strictly` with the VQGAN named in the message.
-
-    Raises:
-        ValueError: naming the missing, unexpected and mis-shaped keys and `source`.
-    """
-    _load_strictly(model, state_dict, source, what="the VQGAN config")
 
 
 def save_vqgan(
@@ -113,7 +104,7 @@ def read_vqgan_config(
         raise ValueError(f"{os.fspath(directory)}/{CONFIG_FILE}: invalid tokenizer config: {error}") from None
 
 
-def load_vqgan(
+def load_tokenizer(
     path: str | os.PathLike,
     *,
     config: TokenizerConfig | str | os.PathLike | None = None,
@@ -123,7 +114,7 @@ def load_vqgan(
     """Load a tokenizer (VQGAN or LlamaGenVQ) in eval mode from our folder format or a foreign checkpoint.
 
     The family comes from the folder's stored config, or for a foreign file from its key names.
-    `load_tokenizer` is the same function.
+    `load_vqgan` is the same function under its name from before the second family.
 
     Args:
         path: one of our model folders (`config.json` + `model.safetensors`); a taming Lightning
@@ -155,11 +146,11 @@ def load_vqgan(
         stored, state_dict = _read_foreign(path, config, map_location, storage_options)
         source = os.fspath(path)
     model = build_tokenizer(stored)
-    _load_strictly(model, state_dict, source, what=f"the {type(model).__name__} config")
+    load_state_dict_strictly(model, state_dict, source, what=f"the {type(model).__name__} config")
     return model.to(map_location).eval()
 
 
-load_tokenizer = load_vqgan
+load_vqgan = load_tokenizer  # the name from before LlamaGen VQ; loads either family
 
 
 def _read_foreign(
@@ -201,3 +192,17 @@ def weights_digest(path: str | os.PathLike, storage_options: StorageOptions = No
     `save_vqgan` writes byte-identical files for identical weights, so re-saving keeps the digest.
     """
     return _folder_weights_digest(path, storage_options)
+
+
+def tokenizer_identity(path: str | os.PathLike, storage_options: StorageOptions = None) -> dict[str, Any]:
+    """{"config": tokenizer config dict, "weights_sha256": digest of the weights}: what a store records.
+
+    `path` is a local path or a URL; our folders are identified from their `config.json` alone, a
+    foreign checkpoint is loaded for its config.
+    """
+    try:
+        config = read_vqgan_config(path, storage_options=storage_options)
+    except (FileNotFoundError, ValueError):  # a foreign checkpoint: its config comes from loading it
+        config = load_vqgan(path, storage_options=storage_options).config
+    digest = weights_digest(path, storage_options=storage_options)
+    return {"config": config.to_dict(), "weights_sha256": digest}

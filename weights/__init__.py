@@ -1,6 +1,6 @@
 """Our weight format, shared by every model: a folder with `config.json` + `model.safetensors`.
 
-Pure: imports nothing else of ours (torch, safetensors and fsspec only). The model packages build on
+Pure: imports only `storage` of ours (plus torch, safetensors and fsspec). The model packages build on
 it (`tokenizer.checkpoint`, `transformer.checkpoint`); see docs/architecture.md, "Weights".
 
 Public API:

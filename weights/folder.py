@@ -10,12 +10,12 @@ One folder format for every model we save (the Hugging Face habit; docs/architec
 Version 1 folders had no `weights_sha256`, and the transformer's kept its config under "model";
 `read_folder_config` still reads them and hands back the version 2 layout.
 
-Writes are atomic: a reader never sees a `config.json` next to weights it does not describe. On a
-local disk both files are written under temporary names and renamed; on object storage (where each
-object appears whole, but two objects cannot be swapped at once) an old `config.json` is deleted
-first, the weights are written, and `config.json` is written last, so a folder is only valid once
-it is complete. Paths are local paths or fsspec URLs (`s3://bucket/models/vqgan`) with
-`storage_options` passed to fsspec.
+Writes follow the one commit protocol of `storage.commit`, with `config.json` as the commit record:
+a reader never sees a `config.json` next to weights it does not describe. An old `config.json` is
+deleted first, the weights are written whole (temp + rename locally, one PUT on object storage), and
+`config.json` is written last, so a folder is only valid once it is complete. Paths are local paths
+or fsspec URLs (`s3://bucket/models/vqgan`) opened through `storage.filesystem` (our object-store
+retries), with `storage_options` passed on.
 """
 
 from __future__ import annotations
@@ -25,18 +25,19 @@ import hashlib
 import json
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors_bytes
+
+from storage.commit import write_committed
+from storage.filesystem import is_local, url_to_fs
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -53,14 +54,8 @@ PathOrURL = str | os.PathLike
 
 def _filesystem(path: PathOrURL, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
     """The fsspec filesystem of `path` and the path inside it (no trailing slash)."""
-    fs, root = fsspec.core.url_to_fs(os.fspath(path), **dict(storage_options or {}))
+    fs, root = url_to_fs(path, dict(storage_options or {}))
     return fs, root.rstrip("/") or root
-
-
-def is_local(path: PathOrURL) -> bool:
-    """Whether `path` is on the local disk (a plain path or a `file://` URL)."""
-    protocol, _ = fsspec.core.split_protocol(os.fspath(path))
-    return protocol in (None, "file", "local")
 
 
 def _join(root: str, name: str) -> str:
@@ -129,35 +124,11 @@ def save_folder(
     }
     text = (json.dumps(record, indent=2) + "\n").encode()
     fs, root = _filesystem(path, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        _write_local(Path(root), data, text)
-    else:
-        fs.makedirs(root, exist_ok=True)
-        if fs.exists(_join(root, CONFIG_FILE)):
-            fs.rm_file(_join(root, CONFIG_FILE))
-        fs.pipe_file(_join(root, WEIGHTS_FILE), data)
-        fs.pipe_file(_join(root, CONFIG_FILE), text)
+    fs.makedirs(root, exist_ok=True)  # on object storage: creates a missing bucket
+    # The old config goes first: until the new one is written the folder has no config.json
+    # (invalid), never an old config next to new weights.
+    write_committed(fs, {_join(root, WEIGHTS_FILE): data}, _join(root, CONFIG_FILE), text)
     return _as_returned(path)
-
-
-def _write_local(folder: Path, weights: bytes, config: bytes) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    temporary = {name: folder / f".{name}.{token}.tmp" for name in (WEIGHTS_FILE, CONFIG_FILE)}
-    try:
-        for name, data in ((WEIGHTS_FILE, weights), (CONFIG_FILE, config)):
-            with open(temporary[name], "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        # The old config goes first: between the renames the folder has no config.json (invalid),
-        # never an old config next to new weights.
-        (folder / CONFIG_FILE).unlink(missing_ok=True)
-        os.replace(temporary[WEIGHTS_FILE], folder / WEIGHTS_FILE)
-        os.replace(temporary[CONFIG_FILE], folder / CONFIG_FILE)
-    finally:
-        for leftover in temporary.values():
-            leftover.unlink(missing_ok=True)
 
 
 def exists(path: PathOrURL, storage_options: Mapping[str, Any] | None = None) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 from evaluation.features import EVALUATORS
 from jobs.options import add_storage_options_argument, options_from_args
-from pipeline.object_store import open_file
+from storage.filesystem import open_file
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from evaluation.metrics import FID_SQRT_METHODS
 from jobs.evaluate.options import EvaluateOptions
 from jobs.options import add_ray_address_argument
 from jobs.ray_session import ray_session
-from pipeline.object_store import url_to_fs
+from storage.filesystem import url_to_fs
 
 GRID_CLASSES, GRID_PER_CLASS = 10, 8
 

@@ -167,9 +167,10 @@ class Quickstart:
             to_rgb(test_images[held], o.image_size), test_labels[held], self.out / "images" / "heldout"
         )
         if self.remote:
-            import fsspec
+            from storage.filesystem import url_to_fs
 
-            fsspec.filesystem("s3").put(f"{train}/", self.location("images/train") + "/", recursive=True)
+            fs, remote_train = url_to_fs(self.location("images/train"))
+            fs.put(f"{train}/", remote_train + "/", recursive=True)
         return {
             "train_images": len(index),
             "heldout_images": len(held),
@@ -285,9 +286,10 @@ class Quickstart:
         summary = run_training(config)
         model_dir = summary.export_dir
         if self.remote:  # the later stages read the weights locally
-            import fsspec
+            from storage.filesystem import url_to_fs
 
-            fsspec.filesystem("s3").get(model_dir + "/", str(self.out / "model") + "/", recursive=True)
+            fs, remote_model = url_to_fs(model_dir)
+            fs.get(remote_model + "/", str(self.out / "model") + "/", recursive=True)
             model_dir = str(self.out / "model")
         return {
             "transformer": model_dir,

@@ -193,16 +193,15 @@ def check_checkpoints(options: ServeOptions) -> None:
         FileNotFoundError: a checkpoint path that does not exist.
         ValueError: our folders whose codebook sizes differ (reference files are checked at load).
     """
-    import fsspec
-
     from generation import check_compatible
+    from storage.filesystem import url_to_fs
     from tokenizer.checkpoint import read_vqgan_config
     from transformer.checkpoint import read_transformer_config
     from weights import is_model_folder
 
     so = options.storage_options
     for name in ("transformer", "tokenizer"):
-        fs, path = fsspec.core.url_to_fs(getattr(options, name), **(so or {}))
+        fs, path = url_to_fs(getattr(options, name), so)
         if not fs.exists(path):
             raise FileNotFoundError(f"--{name} {getattr(options, name)} does not exist")
     if is_model_folder(options.transformer, so) and is_model_folder(options.tokenizer, so):

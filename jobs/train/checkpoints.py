@@ -28,7 +28,7 @@ from pathlib import Path
 
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.object_store import url_to_fs
+from storage.filesystem import url_to_fs
 
 logger = logging.getLogger(__name__)
 

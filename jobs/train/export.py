@@ -19,7 +19,6 @@ from typing import Any
 
 from jobs.options import add_storage_options_argument, options_from_args
 from jobs.train.checkpoints import CheckpointError, CheckpointStore, step_dirname
-from pipeline.object_store import with_retry_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +73,8 @@ def export_checkpoint(
         sampling = SamplingConfig.from_dict(meta.extra.get("sampling") or {})
         save_transformer(
             model, out, sampling=sampling, class_names=class_names,
-            storage_options=with_retry_defaults(out, storage_options),  # weights/ applies none itself
-        )  # atomic, local or remote
+            storage_options=storage_options,
+        )  # atomic, local or remote, with our object-store retries (weights/ opens it through storage/)
     logger.info("exported step %d (%s weights) to %s", step, "EMA" if use_ema else "fp32", out)
     return out
 

@@ -17,7 +17,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from jobs.train.config import TrainJobConfig
 from jobs.train.metrics_log import MetricsLog, plot_loss_curve, read_metrics
-from pipeline.object_store import url_to_fs, with_retry_defaults
+from storage.filesystem import url_to_fs
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,7 @@ def sample_grid_pipeline(module: torch.nn.Module, config: TrainJobConfig):
     from generation import MaskGIT, resolve_sampling
     from tokenizer import load_vqgan
 
-    options = with_retry_defaults(config.tokenizer, config.storage_options) or None  # weights/ adds none
-    tokenizer = load_vqgan(config.tokenizer, storage_options=options)
+    tokenizer = load_vqgan(config.tokenizer, storage_options=config.storage_options or None)
     return MaskGIT(module, tokenizer.to(next(module.parameters()).device),
                    sampling_defaults=resolve_sampling(None, config.sampling))  # fmt: skip
 

@@ -1,11 +1,12 @@
-"""Filesystems for our readers and writers, with the object-store retry settings in one place.
+"""URL -> filesystem for every reader and writer of ours, with the object-store retry settings in one place.
 
 Every reader and writer of ours that opens a URL (token store reader and writer, the input sources,
-the tokenizer download, training checkpoints and outputs, export, evaluation) opens it through
-`url_to_fs` / `with_retry_defaults`, so an `s3://` client always gets botocore's retry mode and
+model folders, training checkpoints and outputs, export, sampling, serving, evaluation) opens it
+through `url_to_fs` / `open_file`, so an `s3://` client always gets botocore's retry mode and
 timeouts unless the caller's `storage_options["config_kwargs"]` says otherwise (a caller's key wins,
-key by key). Model folders (`weights/`, which may not import `pipeline`) take their options as
-given, so their callers in jobs/ (export, the training sample grids) pass `with_retry_defaults(...)`.
+key by key). Callers pass their options as given; nobody adds the defaults by hand. This package
+sits at the bottom of the layout (it imports nothing of ours), so `weights/` applies the same
+retries as the token store.
 
 What is retried where, for an S3 request (outermost last):
 
@@ -50,7 +51,7 @@ S3_CONFIG_DEFAULTS: dict[str, Any] = {
 S3_PROTOCOLS = ("s3://", "s3a://")
 
 
-def with_retry_defaults(url: str | os.PathLike, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+def _with_retry_defaults(url: str | os.PathLike, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """`storage_options` plus `S3_CONFIG_DEFAULTS` under `config_kwargs` for an s3:// URL.
 
     Keys the caller set in `config_kwargs` are kept; the input is not modified. Other URLs get the
@@ -64,14 +65,20 @@ def with_retry_defaults(url: str | os.PathLike, storage_options: dict[str, Any] 
     return options
 
 
+def is_local(url: str | os.PathLike) -> bool:
+    """Whether `url` is on the local disk (a plain path or a `file://` URL)."""
+    protocol, _ = fsspec.core.split_protocol(os.fspath(url))
+    return protocol in (None, "file", "local")
+
+
 def url_to_fs(url: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
     """`fsspec.core.url_to_fs` with our retry defaults: (filesystem, path inside it)."""
-    return fsspec.core.url_to_fs(os.fspath(url), **with_retry_defaults(url, storage_options))
+    return fsspec.core.url_to_fs(os.fspath(url), **_with_retry_defaults(url, storage_options))
 
 
 def open_file(url: str | os.PathLike, mode: str = "rb", storage_options: dict[str, Any] | None = None):
     """`fsspec.open` with our retry defaults (use as a context manager)."""
-    return fsspec.open(os.fspath(url), mode, **with_retry_defaults(url, storage_options))
+    return fsspec.open(os.fspath(url), mode, **_with_retry_defaults(url, storage_options))
 
 
-__all__ = ["S3_CONFIG_DEFAULTS", "open_file", "url_to_fs", "with_retry_defaults"]
+__all__ = ["S3_CONFIG_DEFAULTS", "is_local", "open_file", "url_to_fs"]
