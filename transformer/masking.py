@@ -12,7 +12,7 @@ Two families of schedules, named as their sources name them:
   ``jax-log``, ``jax-exp``: γ(ratio) is the fraction still masked; step t leaves
   ⌊N·γ((t+1)/T)⌋ tokens masked (clamped to ≥ 1 and < the number still masked) and the last step
   reveals the rest; the paper's training masks γ(r)·N tokens.
-* valeoai v2 (docs/reference.md#sampler-schedules), step tables for sampling only (v2 trains with
+* valeoai v2 (docs/reference.md#next-family-step-tables), step tables for sampling only (v2 trains with
   ``arccos``): ``halton``, the table of the v2 Halton sampler, whose step i has revealed
   rᵢ = max(i + 1, int(N·(1 − arccos((i + 1)/T)/(π/2)))) tokens; and ``arccos-v2``, the table of the
   v2 confidence sampler, the same curve read at uᵢ = i/(T − 1) (from 0, so step 0 reveals one
