@@ -23,6 +23,7 @@ from jobs.options import (
     add_storage_options_argument,
     options_from_args,
     sampling_overrides,
+    seed_argument,
 )
 
 
@@ -100,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--classes", type=int, nargs="+", default=None, help="class ids (default: 0..min(C,10)-1)"
     )
     parser.add_argument("--per-class", type=int, default=4, help="samples per class (or edited variants)")
-    parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    parser.add_argument("--seed", type=seed_argument, default=0, help="sample i uses seed + i, < 2**53")
     parser.add_argument("--batch-size", type=int, default=16, help="samples decoded together")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto")

@@ -28,7 +28,7 @@ import numpy as np
 
 from evaluation.metrics import FID_SQRT_METHODS
 from jobs.evaluate.options import EvaluateOptions
-from jobs.options import add_ray_address_argument
+from jobs.options import add_ray_address_argument, seed_argument
 from jobs.ray_session import ray_session
 from storage.filesystem import url_to_fs
 
@@ -348,7 +348,7 @@ def register(subparsers) -> None:
     parser.add_argument("--reference-stats", required=True, help=".npz written by `maskgit fid-stats`")
     parser.add_argument("--per-class", type=int, default=defaults.per_class)
     parser.add_argument("--classes", type=int, nargs="+", default=None, help="default: every class")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="sample i uses seed + i")
+    parser.add_argument("--seed", type=seed_argument, default=defaults.seed, help="sample i uses seed + i")
     parser.add_argument("--shard-size", type=int, default=defaults.shard_size)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision)
     add_sampling_arguments(parser, aliases={"steps": "--steps"})
