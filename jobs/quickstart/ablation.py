@@ -7,7 +7,8 @@ randomised order and guidance off. `comparison_settings`: the Halton order again
 order at 4, 8, 16 and 32 steps. Each row samples the same classes and seeds and reports:
 
 * class accuracy: share of samples a classifier trained on the real data assigns to their class;
-* FID against held-out real images under the given evaluator (EffLite0 in the quickstart);
+* FID against held-out real images under the given evaluator (EffLite0 in the quickstart), scored by
+  `evaluation.scoring.score_samples` as `maskgit evaluate` scores it;
 * diversity: mean pairwise feature distance between samples of the same class, and the share of
   distinct token grids (Gumbel noise and lower guidance should raise both);
 * images/s of the whole generation (sampling + decoding) on this machine, and transformer forward
@@ -123,21 +124,27 @@ def run_ablation(
             result = pipe.generate(labels, seeds=seed, sampling=config, batch_size=batch_size)
             seconds = time.perf_counter() - start
             rows.append(_score(name, config, result, labels, seconds, forwarded[0], classifier, evaluator,
-                               reference_stats))  # fmt: skip
+                               reference_stats, seed))  # fmt: skip
     finally:
         hook.remove()
     return rows
 
 
-def _score(name, config, result, labels, seconds, forwarded, classifier, evaluator, reference_stats):
-    """One AblationRow from a `Generation` of `labels` and what it cost."""
-    from evaluation.metrics import frechet_distance
+def _score(name, config, result, labels, seconds, forwarded, classifier, evaluator, reference_stats, seed):
+    """One AblationRow from a `Generation` of `labels` and what it cost.
+
+    FID is `evaluation.scoring.score_samples`'s, the number `maskgit evaluate` reports, so it refuses
+    reference statistics made with another evaluator or preprocessing.
+    """
+    from evaluation.scoring import score_samples
 
     images, grids = result.images, result.tokens.flatten(1).numpy()
-    features = evaluator(images).features.astype(np.float64)
-    fid = frechet_distance(
-        features.mean(0), np.cov(features, rowvar=False), reference_stats.mean, reference_stats.covariance
-    )
+    batch = evaluator(images)  # features (N, D), logits (N, C)
+    scores = score_samples(
+        reference_stats, batch.features, batch.logits, evaluator_info=evaluator.info.to_dict(),
+        minmax_stretch=bool(evaluator.info.preprocessing["minmax_stretch"]), seed=seed,
+    )  # fmt: skip
+    features = batch.features.astype(np.float64)
     return AblationRow(
         name=name,
         order=config.order,
@@ -146,7 +153,7 @@ def _score(name, config, result, labels, seconds, forwarded, classifier, evaluat
         cfg_weight=config.cfg_weight,
         steps=config.steps,
         class_accuracy=float((classifier.predict(images) == labels).mean()),
-        fid=float(fid),
+        fid=scores.fid,
         diversity=_diversity(features, labels),
         distinct_grids=len({g.tobytes() for g in grids}) / len(grids),
         images_per_s=len(labels) / seconds,
