@@ -162,13 +162,13 @@ class MaskGIT:
             bf16: bfloat16 autocast for every model call.
             storage_options: fsspec options for remote paths (credentials are never logged).
         """
-        from tokenizer import load_vqgan
+        from tokenizer import load_tokenizer
         from transformer import load_class_names, load_sampling_config, load_transformer
 
         device = resolve_device(device)
         # weights/ opens every path through storage/, which adds our object-store retries itself.
         model = load_transformer(transformer, map_location=device, storage_options=storage_options)
-        vqgan = load_vqgan(tokenizer, map_location=device, storage_options=storage_options)
+        vqgan = load_tokenizer(tokenizer, map_location=device, storage_options=storage_options)
         pipe = cls(
             model,
             vqgan,

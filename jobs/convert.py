@@ -117,9 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_convert_vqgan(options: ConvertVqganOptions) -> VqganConversion:
     """Read a taming VQGAN checkpoint strictly and write it in our folder format."""
-    from tokenizer.checkpoint import load_vqgan, save_vqgan, weights_digest
+    from tokenizer.checkpoint import load_tokenizer, save_vqgan, weights_digest
 
-    out_dir = save_vqgan(load_vqgan(options.checkpoint, config=options.config), options.out_dir)
+    out_dir = save_vqgan(load_tokenizer(options.checkpoint, config=options.config), options.out_dir)
     return VqganConversion(out_dir, weights_digest(out_dir))
 
 

@@ -50,14 +50,14 @@ class TokenizeBatch:
     ):
         import torch
 
-        from tokenizer.checkpoint import load_vqgan
+        from tokenizer.checkpoint import load_tokenizer
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_vqgan(tokenizer, map_location=self.device, storage_options=storage_options)
+        self.model = load_tokenizer(tokenizer, map_location=self.device, storage_options=storage_options)
         self.model.eval().requires_grad_(False)
         if self.model.config.codebook_size > 65536:
             raise ValueError(

@@ -4,7 +4,7 @@ Public API:
     VQGANConfig, PRESETS, preset          -- tokenizer.config
     VQGAN, VQGANOutput                    -- tokenizer.vqgan
     LlamaGenVQConfig, LlamaGenVQ          -- tokenizer.config, tokenizer.llamagen (the v2 tokenizer family)
-    save_vqgan, load_vqgan (= load_tokenizer, either family), weights_digest -- tokenizer.checkpoint
+    save_vqgan, load_tokenizer (either family; load_vqgan is an alias), weights_digest -- tokenizer.checkpoint
 
 Also (import from their modules): `tokenizer.convert` (reads taming `last.ckpt` + `model.yaml`),
 `tokenizer.train` (TokenizerTrainingConfig, train_tokenizer -> TrainingSummary), `tokenizer.quality`

@@ -1,7 +1,7 @@
 """Reader of foreign VQGAN checkpoints: taming-transformers Lightning `last.ckpt` + `model.yaml`.
 
 The only module that reads a foreign tokenizer format (docs/architecture.md, "Weights"). It only
-reads: `read_taming_checkpoint` returns the config and the state dict, `tokenizer.checkpoint.load_vqgan`
+reads: `read_taming_checkpoint` returns the config and the state dict, `tokenizer.checkpoint.load_tokenizer`
 builds the model from them, and the `maskgit convert-vqgan` command writes our folder. The released
 valeoai tokenizer is taming's `vqgan_imagenet_f16_1024` (docs/reference.md#tokenizer): a
 PyTorch-Lightning checkpoint whose `state_dict` holds the VQModel weights plus `loss.*` entries

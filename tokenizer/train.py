@@ -6,7 +6,7 @@ quickstart call it. It follows taming's `VQModel.training_step`: one Adam step o
 betas (0.5, 0.9) for both. Optional dead-code restart (`tokenizer.codebook`).
 
 `out_dir` layout:
-    vqgan/                 the tokenizer in our format (`load_vqgan(out_dir / "vqgan")`), refreshed at
+    vqgan/                 the tokenizer in our format (`load_tokenizer(out_dir / "vqgan")`), refreshed at
                            every checkpoint
     training_state.pt      everything needed to resume (model, discriminator, optimizers, step, RNG),
                            read with torch.load(weights_only=True)
@@ -56,7 +56,7 @@ class TrainingSummary:
     steps: int  # global step reached
     start_step: int  # 0, or the step a resumed run started from
     out_dir: Path
-    model_dir: Path  # load with tokenizer.load_vqgan
+    model_dir: Path  # load with tokenizer.load_tokenizer
     initial: ReconstructionReport  # eval images at start_step
     final: ReconstructionReport  # eval images at the end
     grid_path: Path

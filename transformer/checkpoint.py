@@ -50,11 +50,11 @@ from weights import (
     is_local,
     is_model_folder,
     load_folder_weights,
+    load_state_dict_strictly,
     local_copy,
     read_folder_config,
     save_folder,
 )
-from weights import load_state_dict_strictly as _load_strictly
 
 __all__ = [
     "CONFIG_FILE",
@@ -63,7 +63,6 @@ __all__ = [
     "WEIGHTS_FILE",
     "load_class_names",
     "load_sampling_config",
-    "load_state_dict_strictly",
     "load_transformer",
     "read_transformer_config",
     "save_transformer",
@@ -73,15 +72,6 @@ FORMAT_NAME = "maskgit-transformer"
 FORMAT_VERSION = FOLDER_VERSION
 _OUR_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 StorageOptions = Mapping[str, Any] | None
-
-
-def load_state_dict_strictly(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """`weights.load_state_dict_strictly` with the MaskTransformer named in the message.
-
-    Raises:
-        ValueError: naming the missing, unexpected and mis-shaped keys and `source`.
-    """
-    _load_strictly(model, state_dict, source, what="the MaskTransformer layout")
 
 
 def save_transformer(
@@ -224,7 +214,7 @@ def load_transformer(
     for alias, key in model.tied_weights.items():  # stored once in our folders
         if alias not in state_dict and key in state_dict:
             state_dict[alias] = state_dict[key]
-    _load_strictly(model, state_dict, source, what=f"the {type(model).__name__} layout")
+    load_state_dict_strictly(model, state_dict, source, what=f"the {type(model).__name__} layout")
     return model.to(map_location).eval()
 
 

@@ -249,10 +249,10 @@ class Quickstart:
         from jobs.train.config import TrainJobConfig
         from jobs.train.deepspeed_config import OptimizerSettings
         from jobs.train.driver import run_training
-        from tokenizer import load_vqgan
+        from tokenizer import load_tokenizer
 
         o = self.options
-        vq = load_vqgan(vqgan).config
+        vq = load_tokenizer(vqgan).config
         overrides = {
             "codebook_size": vq.codebook_size,
             "grid_size": o.image_size // vq.downsample_factor,

@@ -48,9 +48,10 @@ def export_checkpoint(
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from safetensors.torch import load_file
 
-    from transformer.checkpoint import load_state_dict_strictly, save_transformer
+    from transformer.checkpoint import save_transformer
     from transformer.config import SamplingConfig
     from transformer.families import build_transformer, transformer_config_from_dict
+    from weights import load_state_dict_strictly
 
     store = CheckpointStore(checkpoint_uri, storage_options)
     step = step if step is not None else store.latest_step()
@@ -68,7 +69,10 @@ def export_checkpoint(
             state_dict = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=step_dirname(step))
         model = build_transformer(transformer_config_from_dict(meta.model_config))
         load_state_dict_strictly(
-            model, {k: v.float() for k, v in state_dict.items()}, f"checkpoint step {step}"
+            model,
+            {k: v.float() for k, v in state_dict.items()},
+            f"checkpoint step {step}",
+            what=f"the {type(model).__name__} layout",
         )
         sampling = SamplingConfig.from_dict(meta.extra.get("sampling") or {})
         save_transformer(

@@ -90,9 +90,9 @@ def sample_grid_pipeline(module: torch.nn.Module, config: TrainJobConfig):
     """A `generation.MaskGIT` around the model being trained and the run's tokenizer (read from its
     path or URL on this worker), sampling with the run's exported sampling settings."""
     from generation import MaskGIT, resolve_sampling
-    from tokenizer import load_vqgan
+    from tokenizer import load_tokenizer
 
-    tokenizer = load_vqgan(config.tokenizer, storage_options=config.storage_options or None)
+    tokenizer = load_tokenizer(config.tokenizer, storage_options=config.storage_options or None)
     return MaskGIT(module, tokenizer.to(next(module.parameters()).device),
                    sampling_defaults=resolve_sampling(None, config.sampling))  # fmt: skip
 
