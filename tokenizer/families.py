@@ -9,6 +9,7 @@ its `family` field; configs stored before the field existed are VQGANs (docs/arc
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tokenizer.config import LLAMAGEN_PRESETS, PRESETS, LlamaGenVQConfig, VQGANConfig
@@ -28,25 +29,8 @@ REGISTRY: FamilyRegistry[TokenizerConfig, Tokenizer] = FamilyRegistry(
 FAMILIES = REGISTRY.families
 TOKENIZER_PRESETS = REGISTRY.presets
 
-
-def tokenizer_config_from_dict(values: dict[str, Any]) -> TokenizerConfig:
-    """The config of the family named by `values["family"]` ("vqgan" when absent).
-
-    Raises:
-        ValueError: an unknown family, or fields the family's config does not have (named).
-    """
-    return REGISTRY.config_from_dict(values)
-
-
-def build_tokenizer(config: TokenizerConfig) -> Tokenizer:
-    """A freshly initialised tokenizer of `config`'s family."""
-    return REGISTRY.build(config)
-
-
-def tokenizer_preset(name: str) -> TokenizerConfig:
-    """The named preset of either family.
-
-    Raises:
-        ValueError: unknown name (the message lists the known ones).
-    """
-    return REGISTRY.preset(name)
+# The package's names for the registry's three calls (see `weights.families.FamilyRegistry`):
+# a config from a stored dict ("vqgan" without a family key), a fresh model, a named preset.
+tokenizer_config_from_dict: Callable[[Mapping[str, Any]], TokenizerConfig] = REGISTRY.config_from_dict
+build_tokenizer: Callable[[TokenizerConfig], Tokenizer] = REGISTRY.build
+tokenizer_preset: Callable[[str], TokenizerConfig] = REGISTRY.preset

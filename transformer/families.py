@@ -8,6 +8,7 @@ configs stored before the field existed are "maskgit" (docs/architecture.md, "Ad
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from transformer.config import (
@@ -37,28 +38,11 @@ REGISTRY: FamilyRegistry[ModelConfig, MaskPredictor] = FamilyRegistry(
 FAMILIES = REGISTRY.families
 TRANSFORMER_PRESETS = REGISTRY.presets
 
-
-def transformer_config_from_dict(values: dict[str, Any]) -> ModelConfig:
-    """The config of the family named by `values["family"]` ("maskgit" when absent).
-
-    Raises:
-        ValueError: an unknown family, or keys the family's config does not have (named).
-    """
-    return REGISTRY.config_from_dict(values)
-
-
-def build_transformer(config: ModelConfig) -> MaskPredictor:
-    """A freshly initialised transformer of `config`'s family."""
-    return REGISTRY.build(config)
-
-
-def transformer_preset(name: str) -> ModelConfig:
-    """The named preset of either family.
-
-    Raises:
-        ValueError: unknown name (the message lists the known ones).
-    """
-    return REGISTRY.preset(name)
+# The package's names for the registry's three calls (see `weights.families.FamilyRegistry`):
+# a config from a stored dict ("maskgit" without a family key), a fresh model, a named preset.
+transformer_config_from_dict: Callable[[Mapping[str, Any]], ModelConfig] = REGISTRY.config_from_dict
+build_transformer: Callable[[ModelConfig], MaskPredictor] = REGISTRY.build
+transformer_preset: Callable[[str], ModelConfig] = REGISTRY.preset
 
 
 def reference_sampling(config: ModelConfig) -> SamplingConfig:
