@@ -31,12 +31,20 @@ from torch import nn
 from generation.regions import PixelBox, blend_into, box_to_token_region, mask_to_token_region
 from generation.settings import SamplingOverrides, resolve_sampling
 from tokenizer.pixels import center_crop_resize, to_model_input, to_uint8_images
-from transformer import EditResult, SampleResult, SampleTrace, SamplingConfig, inpaint, outpaint, sample
+from transformer import (
+    MAX_SEED,
+    EditResult,
+    SampleResult,
+    SampleTrace,
+    SamplingConfig,
+    inpaint,
+    outpaint,
+    sample,
+)
 from weights import unwrap_model
 
 logger = logging.getLogger(__name__)
 
-MAX_SEED = 2**62
 
 
 class Generation(NamedTuple):
@@ -92,9 +100,10 @@ def check_compatible(transformer_config: Any, tokenizer_config: Any) -> int:
 
 
 def draw_seeds(count: int, seeds: Sequence[int] | int | None) -> tuple[int, ...]:
-    """One seed per image: `seeds` itself, `seeds + i` for an int, or random ones for None."""
+    """One seed per image: `seeds` itself, `seeds + i` for an int, or random ones for None (each in
+    [0, MAX_SEED), so a returned seed can be sent back through the CLI or the HTTP API)."""
     if seeds is None:
-        base = secrets.randbelow(MAX_SEED)
+        base = secrets.randbelow(MAX_SEED - count + 1)  # every base + i stays below MAX_SEED
         return tuple(base + i for i in range(count))
     if isinstance(seeds, int):
         return tuple(seeds + i for i in range(count))

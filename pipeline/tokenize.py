@@ -34,7 +34,10 @@ class TokenizeBatch:
         flip: also encode the horizontally flipped images (view 1).
         batch_size: images per forward pass; a larger `__call__` batch is split into these.
         device: "cuda", "cpu", ...; default CUDA when visible (Ray hides GPUs from CPU actors).
-        num_threads: torch CPU threads for this instance; None keeps torch's setting.
+        num_threads: torch CPU threads for this instance; None: see `instances_per_node`.
+        instances_per_node: when `num_threads` is None and the model runs on the CPU, the instances
+            sharing this node's cores (the tokenize job's actors): each takes cores // this many torch
+            threads, so they do not oversubscribe the cores. None keeps torch's setting.
         storage_options: fsspec options for a remote `tokenizer`.
     """
 
@@ -46,17 +49,22 @@ class TokenizeBatch:
         batch_size: int = 64,
         device: str | None = None,
         num_threads: int | None = None,
+        instances_per_node: int | None = None,
         storage_options: dict[str, Any] | None = None,
     ):
+        import os
+
         import torch
 
         from tokenizer.checkpoint import load_tokenizer
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if num_threads is None and instances_per_node and self.device.type == "cpu":
+            num_threads = max(1, (os.cpu_count() or 1) // instances_per_node)
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = load_tokenizer(tokenizer, map_location=self.device, storage_options=storage_options)
         self.model.eval().requires_grad_(False)
         if self.model.config.codebook_size > 65536:
@@ -97,7 +105,8 @@ class TokenizeBatch:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Replace `batch["images"]` (B, R, R, 3) uint8 by `batch["tokens"]` (B, V, h, w) uint16.
 
-        Other columns (labels, ids, ...) pass through unchanged.
+        Other entries (labels, ids, a shard index, ...) pass through unchanged; the tokenize job's
+        actors call this on each prepared shard.
         """
         result = {key: value for key, value in batch.items() if key != "images"}
         result["tokens"] = self.encode(np.asarray(batch["images"]))

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from transformer.config import SamplingConfig
+from transformer.config import SamplingConfig, stored_sampling_config
 from transformer.convert import REFERENCE_NUM_HEADS, read_reference_checkpoint
 from transformer.convert_halton import is_halton_checkpoint, read_halton_checkpoint
 from transformer.families import (
@@ -225,7 +225,7 @@ def load_sampling_config(path: str | os.PathLike, storage_options: StorageOption
     folder = _our_folder(path, storage_options)
     if folder is not None:
         stored = _read_record(folder, storage_options).get("sampling")
-        return SamplingConfig.from_dict(stored) if stored else SamplingConfig()
+        return stored_sampling_config(stored) if stored else SamplingConfig()  # reads pre-split v2 pairs
     with _reference(path, storage_options) as reference:
         return reference.sampling
 

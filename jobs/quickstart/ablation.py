@@ -63,12 +63,14 @@ def default_settings(base) -> list[tuple[str, object]]:
 
 
 def comparison_settings(base) -> list[tuple[str, object]]:
-    """The Halton order against the confidence order (arccos steps table), at 4, 8, 16 and 32 steps;
-    every other knob as stored (the confidence rows keep its Gumbel noise, which Halton ignores)."""
+    """The v2 Halton sampler (Halton order, its "halton" step table) against the confidence order (v1's
+    arccos table), at 4, 8, 16 and 32 steps; every other knob as stored (the confidence rows keep its
+    Gumbel noise, which Halton ignores)."""
     rows = []
     for order in ("halton", "confidence"):
         for steps in COMPARISON_STEPS:
-            config = dataclasses.replace(base, order=order, steps=steps, schedule="arccos")
+            schedule = "halton" if order == "halton" else "arccos"
+            config = dataclasses.replace(base, order=order, steps=steps, schedule=schedule)
             rows.append((f"{order}, {steps} steps", config))
     return rows
 

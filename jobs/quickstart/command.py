@@ -31,7 +31,7 @@ FAMILIES = {
     "v2": {
         "tokenizer": "llamagen-tiny-f4",
         "transformer": "halton-tiny",
-        "sampling": {"steps": 8, "order": "halton", "schedule": "arccos", "cfg_schedule": "constant"},
+        "sampling": {"steps": 8, "order": "halton", "schedule": "halton", "cfg_schedule": "constant"},
     },
 }
 

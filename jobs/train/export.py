@@ -49,7 +49,7 @@ def export_checkpoint(
     from safetensors.torch import load_file
 
     from transformer.checkpoint import save_transformer
-    from transformer.config import SamplingConfig
+    from transformer.config import stored_sampling_config
     from transformer.families import build_transformer, transformer_config_from_dict
     from weights import load_state_dict_strictly
 
@@ -74,7 +74,7 @@ def export_checkpoint(
             f"checkpoint step {step}",
             what=f"the {type(model).__name__} layout",
         )
-        sampling = SamplingConfig.from_dict(meta.extra.get("sampling") or {})
+        sampling = stored_sampling_config(meta.extra.get("sampling") or {})  # reads pre-split v2 pairs
         save_transformer(
             model, out, sampling=sampling, class_names=class_names,
             storage_options=storage_options,

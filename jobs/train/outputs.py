@@ -89,12 +89,13 @@ class RunOutputs:
 def sample_grid_pipeline(module: torch.nn.Module, config: TrainJobConfig):
     """A `generation.MaskGIT` around the model being trained and the run's tokenizer (read from its
     path or URL on this worker), sampling with the run's exported sampling settings."""
-    from generation import MaskGIT, resolve_sampling
+    from generation import MaskGIT
     from tokenizer import load_tokenizer
+    from transformer.config import stored_sampling_config
 
     tokenizer = load_tokenizer(config.tokenizer, storage_options=config.storage_options or None)
     return MaskGIT(module, tokenizer.to(next(module.parameters()).device),
-                   sampling_defaults=resolve_sampling(None, config.sampling))  # fmt: skip
+                   sampling_defaults=stored_sampling_config(config.sampling))  # as exported  # fmt: skip
 
 
 def write_sample_grid(pipe, step: int, outputs: RunOutputs | None) -> None:
