@@ -247,3 +247,14 @@ def test_module_index_names_every_module():
     assert len(listed) == len(set(listed)), "a module is listed twice"
     assert not modules - set(listed), f"modules missing from the index: {sorted(modules - set(listed))}"
     assert not set(listed) - modules, f"listed but not in the tree: {sorted(set(listed) - modules)}"
+
+
+def test_decode_tasks_import_no_torch():
+    """The tokenize job's decode tasks read and crop images; importing what they run loads no torch
+    (a fresh Ray worker would pay seconds and hundreds of MB for it)."""
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.sources, pipeline.images; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -12,11 +12,25 @@ Also (import from their modules): `tokenizer.convert` (reads taming `last.ckpt` 
 `perceptual`, `codebook`.
 """
 
-from tokenizer.checkpoint import load_tokenizer, load_vqgan, save_vqgan, weights_digest
-from tokenizer.config import LLAMAGEN_PRESETS, PRESETS, LlamaGenVQConfig, VQGANConfig, preset
-from tokenizer.llamagen import LlamaGenVQ
-from tokenizer.vqgan import VQGAN, VQGANOutput
+import importlib
+from typing import TYPE_CHECKING, Any
 
+# The names below load their modules (and torch) on first use, not on `import tokenizer`: a module
+# that needs only `tokenizer.pixels`' crop (the tokenize job's decode tasks) then costs no torch import.
+_EXPORTS = {
+    "load_tokenizer": "tokenizer.checkpoint",
+    "load_vqgan": "tokenizer.checkpoint",
+    "save_vqgan": "tokenizer.checkpoint",
+    "weights_digest": "tokenizer.checkpoint",
+    "LLAMAGEN_PRESETS": "tokenizer.config",
+    "PRESETS": "tokenizer.config",
+    "LlamaGenVQConfig": "tokenizer.config",
+    "VQGANConfig": "tokenizer.config",
+    "preset": "tokenizer.config",
+    "LlamaGenVQ": "tokenizer.llamagen",
+    "VQGAN": "tokenizer.vqgan",
+    "VQGANOutput": "tokenizer.vqgan",
+}
 __all__ = [
     "LLAMAGEN_PRESETS",
     "PRESETS",
@@ -31,3 +45,15 @@ __all__ = [
     "save_vqgan",
     "weights_digest",
 ]
+
+if TYPE_CHECKING:
+    from tokenizer.checkpoint import load_tokenizer, load_vqgan, save_vqgan, weights_digest
+    from tokenizer.config import LLAMAGEN_PRESETS, PRESETS, LlamaGenVQConfig, VQGANConfig, preset
+    from tokenizer.llamagen import LlamaGenVQ
+    from tokenizer.vqgan import VQGAN, VQGANOutput
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tokenizer' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -11,9 +11,13 @@ Shapes: H×W×3 uint8 arrays for pixels; B×3×H×W float tensors in [-1, 1] for
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["center_crop_resize", "to_model_input", "to_uint8_images"]
 
@@ -40,6 +44,8 @@ def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 torch tensor in [-1, 1] (the reference's 2x - 1)."""
+    import torch  # here, not at the top: the crop above is used where torch is not (decode tasks)
+
     array = np.ascontiguousarray(images)
     if not array.flags.writeable:  # e.g. a crop of a PIL buffer; torch.from_numpy warns on read-only memory
         array = array.copy()
