@@ -2,14 +2,23 @@
 
 `S3FaultProxy` listens on a free 127.0.0.1 port and relays HTTP/1.1 byte for byte to the upstream
 endpoint (the `Host` header is forwarded unchanged, so SigV4 signatures made for the proxy's address
-still verify). Per request it may inject one of three faults, at the rates of a `FaultConfig`:
+still verify). Per request it may inject one of six faults, at the rates of a `FaultConfig`:
 
 - `slowdown`: answer `503 SlowDown` with S3's XML error body (and `Retry-After` when configured)
   without forwarding the request — S3's throttling answer;
+- `internal_error`: answer `500 InternalError` with S3's XML error body, without forwarding the
+  request — S3's "we encountered an internal error, please try again";
 - `reset`: forward the request, then send the response headers and part of the body (part of the
   header block when the body is empty) and reset the connection (RST) — a dropped connection;
-- `stall`: wait `stall_s` seconds, then forward — a slow server (a client whose read timeout is
-  shorter cuts the connection and retries).
+- `truncate`: forward the request, then send the response headers and part of the body (part of the
+  header block when the body is empty) and close the connection cleanly (FIN): fewer bytes than
+  `Content-Length` promised, with no error on the wire;
+- `stall`: forward the request, then hold its answer `stall_s` seconds — a slow server (a client
+  whose read timeout is shorter cuts the connection and retries; the request itself was applied
+  once, on time, so the retry is a plain repeat of it);
+- `drip`: forward the request, then send its answer (the body, or the header block when there is no
+  body) in small pieces spread over `drip_s` seconds, `drip_pause_s` apart — a slow but live
+  server, which a per-read timeout never cuts.
 
 The decision for a request is a pure function of (seed, method, target, Range header, how many times
 this same request was seen before), so a run is reproducible whatever the interleaving of concurrent
@@ -40,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-FAULT_KINDS = ("slowdown", "reset", "stall")
+FAULT_KINDS = ("slowdown", "internal_error", "reset", "truncate", "stall", "drip")
 _CHUNK = 1 << 16
 _NO_BODY_STATUS = {204, 304}
 
@@ -52,10 +61,15 @@ class FaultConfig:
     Attributes:
         slowdown_rate: fraction of requests answered `503 SlowDown`.
         reset_rate: fraction of requests whose response is cut mid-body by a connection reset.
-        stall_rate: fraction of requests held `stall_s` seconds before they are forwarded.
+        stall_rate: fraction of requests whose answer is held `stall_s` seconds.
         stall_s: length of a stall in seconds.
         retry_after_s: `Retry-After` header of a SlowDown answer (None: no header, as S3 does).
         seed: seeds the per-request decisions.
+        internal_error_rate: fraction of requests answered `500 InternalError`.
+        truncate_rate: fraction of requests whose response ends early with a clean close.
+        drip_rate: fraction of requests whose answer is sent in pieces over `drip_s` seconds.
+        drip_s: how long a dripped answer takes, whatever its size (keeps tests short).
+        drip_pause_s: the pause between two pieces of a dripped answer (below any read timeout).
     """
 
     slowdown_rate: float = 0.0
@@ -64,26 +78,45 @@ class FaultConfig:
     stall_s: float = 2.0
     retry_after_s: int | None = None
     seed: int = 0
+    internal_error_rate: float = 0.0
+    truncate_rate: float = 0.0
+    drip_rate: float = 0.0
+    drip_s: float = 2.0
+    drip_pause_s: float = 0.1
 
     def __post_init__(self) -> None:
-        rates = {name: getattr(self, name) for name in ("slowdown_rate", "reset_rate", "stall_rate")}
+        rates = self.rates
         for name, rate in rates.items():
             if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {rate}")
+                raise ValueError(f"{name}_rate must be in [0, 1], got {rate}")
         if sum(rates.values()) > 1.0 + 1e-9:
             raise ValueError(f"fault rates sum to {sum(rates.values())} > 1")
-        if self.stall_s < 0:
-            raise ValueError(f"stall_s must be >= 0, got {self.stall_s}")
+        for name in ("stall_s", "drip_s", "drip_pause_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
-    def mixed(cls, rate: float, *, seed: int = 0, stall_s: float = 2.0) -> FaultConfig:
-        """`rate` of all requests faulted, split evenly between the three kinds."""
-        return cls(rate / 3, rate / 3, rate / 3, stall_s=stall_s, seed=seed)
+    def mixed(cls, rate: float, *, seed: int = 0, stall_s: float = 2.0, drip_s: float = 2.0) -> FaultConfig:
+        """`rate` of all requests faulted, split evenly between the six kinds."""
+        return cls(**{f"{kind}_rate": rate / len(FAULT_KINDS) for kind in FAULT_KINDS},
+                   stall_s=stall_s, drip_s=drip_s, seed=seed)  # fmt: skip
+
+    @classmethod
+    def only(cls, kind: str, rate: float, **parameters: Any) -> FaultConfig:
+        """`rate` of all requests faulted, all of them with fault `kind` (one of `FAULT_KINDS`)."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
+        return cls(**{f"{kind}_rate": rate}, **parameters)
+
+    @property
+    def rates(self) -> dict[str, float]:
+        """Fault kind -> fraction of requests, in `FAULT_KINDS` order."""
+        return {kind: getattr(self, f"{kind}_rate") for kind in FAULT_KINDS}
 
     @property
     def rate(self) -> float:
         """Fraction of requests faulted, all kinds together."""
-        return self.slowdown_rate + self.reset_rate + self.stall_rate
+        return sum(self.rates.values())
 
 
 class FaultCounts(NamedTuple):
@@ -94,28 +127,40 @@ class FaultCounts(NamedTuple):
     slowdown: int
     reset: int
     stall: int
+    internal_error: int = 0
+    truncate: int = 0
+    drip: int = 0
 
     @property
     def faults(self) -> int:
-        return self.slowdown + self.reset + self.stall
+        """Faults injected, all kinds together."""
+        return sum(getattr(self, kind) for kind in FAULT_KINDS)
 
 
-def _slowdown_response(method: str, target: str, retry_after_s: int | None) -> bytes:
+# status line, S3 error code, message: the two errors the proxy answers itself
+_ERRORS = {
+    "slowdown": ("503 Slow Down", "SlowDown", "Please reduce your request rate."),
+    "internal_error": ("500 Internal Server Error", "InternalError",
+                       "We encountered an internal error. Please try again."),
+}  # fmt: skip
+
+
+def _error_response(fault: str, method: str, target: str, retry_after_s: int | None) -> bytes:
+    status, code, message = _ERRORS[fault]
     request_id = uuid.uuid4().hex[:16].upper()
     resource = urlsplit(target).path.replace("&", "&amp;").replace("<", "&lt;")
     body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-        "<Message>Please reduce your request rate.</Message>"
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
         f"<Resource>{resource}</Resource><RequestId>{request_id}</RequestId></Error>"
     ).encode()
     headers = [
-        "HTTP/1.1 503 Slow Down",
+        f"HTTP/1.1 {status}",
         "Content-Type: application/xml",
         f"Content-Length: {0 if method == 'HEAD' else len(body)}",
         f"x-amz-request-id: {request_id}",
         "Connection: keep-alive",
     ]
-    if retry_after_s is not None:
+    if retry_after_s is not None and fault == "slowdown":
         headers.append(f"Retry-After: {retry_after_s}")
     head = ("\r\n".join(headers) + "\r\n\r\n").encode()
     return head if method == "HEAD" else head + body
@@ -151,7 +196,7 @@ class _Head(NamedTuple):
 
 
 async def _relay_body(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None, framing: tuple[str, int]
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter | _Buffer | None, framing: tuple[str, int]
 ) -> None:
     """Copy one message body from `reader` to `writer` (None: discard it), raw, in pieces."""
 
@@ -189,6 +234,19 @@ async def _relay_body(
     else:
         while data := await reader.read(_CHUNK):
             await copy(data)
+
+
+class _Buffer:
+    """A stand-in for a StreamWriter that keeps what is written (for an answer sent later)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def drain(self) -> None:
+        pass
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -315,7 +373,7 @@ class S3FaultProxy:
             if faults.rate <= 0:
                 return None
             draw = random.Random(f"{faults.seed}\0{key}\0{occurrence}").random()
-            bounds = itertools.accumulate((faults.slowdown_rate, faults.reset_rate, faults.stall_rate))
+            bounds = itertools.accumulate(faults.rates.values())
             kind = next((name for name, bound in zip(FAULT_KINDS, bounds) if draw < bound), None)
             if kind is not None:
                 self._counts[kind] += 1
@@ -362,14 +420,12 @@ class S3FaultProxy:
             lines = [line for line in raw_head.split(b"\r\n") if not line.lower().startswith(b"expect:")]
             raw_head = b"\r\n".join(lines)
 
-        if fault == "slowdown":
+        if fault in _ERRORS:
             if not expects_continue:  # else answered before the body is sent, and the connection closed
                 await _relay_body(client_reader, None, framing)
-            client_writer.write(_slowdown_response(method, target, self.faults.retry_after_s))
+            client_writer.write(_error_response(fault, method, target, self.faults.retry_after_s))
             await client_writer.drain()
             return upstream, not (expects_continue or request.wants_close())
-        if fault == "stall":
-            await asyncio.sleep(self.faults.stall_s)
 
         for fresh in (False, True):  # a bodyless request on a kept-alive connection the server has
             if fresh or upstream is None or upstream[0].at_eof():  # closed meanwhile is resent once
@@ -393,13 +449,22 @@ class S3FaultProxy:
         if method == "HEAD" or status in _NO_BODY_STATUS:
             body_framing = ("length", 0)
 
-        if fault == "reset":
+        if fault in ("reset", "truncate"):
             await self._send_partial(response, body_framing, up_reader, client_writer)
             up_writer.transport.abort()
+            if fault == "truncate":  # an orderly FIN after too few bytes
+                client_writer.close()
+                return None, False
+            await asyncio.sleep(0.05)  # let the client read the partial answer before the reset arrives
+            _reset(client_writer)
             raise ConnectionResetError("injected reset")
-
-        client_writer.write(response.raw)
-        await _relay_body(up_reader, client_writer, body_framing)
+        if fault == "stall":  # the request has been applied; only its answer is late
+            await asyncio.sleep(self.faults.stall_s)
+        if fault == "drip":
+            await self._send_dripped(response, body_framing, up_reader, client_writer)
+        else:
+            client_writer.write(response.raw)
+            await _relay_body(up_reader, client_writer, body_framing)
         if body_framing[0] == "close" or response.wants_close():
             up_writer.transport.abort()
             return None, False
@@ -414,7 +479,7 @@ class S3FaultProxy:
                 return response
 
     async def _send_partial(self, response: _Head, framing, up_reader, client_writer) -> None:
-        """Headers plus the first part of the body (or half the header block), then a reset."""
+        """Headers plus the first part of the body (or half the header block); the caller ends it."""
         kind, length = framing
         if kind == "length" and length < 2:
             client_writer.write(response.raw[: len(response.raw) // 2])
@@ -429,8 +494,22 @@ class S3FaultProxy:
                 client_writer.write(data)
                 sent += len(data)
         await client_writer.drain()
-        await asyncio.sleep(0.05)  # let the client read the partial answer before the reset arrives
-        _reset(client_writer)
+
+    async def _send_dripped(self, response: _Head, framing, up_reader, client_writer) -> None:
+        """The whole answer in pieces over `drip_s` seconds: the body, or the head when there is none."""
+        body = _Buffer()
+        await _relay_body(up_reader, body, framing)
+        if body.data:
+            client_writer.write(response.raw)
+        data = bytes(body.data) or response.raw
+        pause = self.faults.drip_pause_s
+        pieces = max(1, round(self.faults.drip_s / pause)) if pause > 0 else 1
+        size = -(-len(data) // pieces)
+        for start in range(0, len(data), size):
+            if start:
+                await asyncio.sleep(pause)
+            client_writer.write(data[start : start + size])
+            await client_writer.drain()
 
 
 __all__ = ["FAULT_KINDS", "FaultConfig", "FaultCounts", "S3FaultProxy"]

@@ -39,6 +39,7 @@ from pipeline.shard_codec import (
 )
 from storage.commit import put_whole, read_json, read_verified, sha256_hex, write_committed
 from storage.filesystem import url_to_fs
+from storage.hedging import read_object
 
 __all__ = [
     "FORMAT_VERSION",
@@ -222,7 +223,7 @@ class TokenStore:
         """
         info = self.manifest.shards[index]
         try:
-            data = self.fs.cat_file(f"{self.root}/{info.path}")
+            data = read_object(self.fs, f"{self.root}/{info.path}", size=info.bytes)
         except FileNotFoundError:
             raise ShardMissingError(f"shard {index} ({self.shard_url(index)}) is missing") from None
         if len(data) != info.bytes:

@@ -36,6 +36,8 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+from storage.hedging import read_object, write_object
+
 __all__ = [
     "is_local_filesystem",
     "put_whole",
@@ -63,7 +65,7 @@ def is_local_filesystem(fs: AbstractFileSystem) -> bool:
 def _write_object(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     """Make `path` hold `data`, appearing whole or not at all."""
     if not is_local_filesystem(fs):
-        fs.pipe_file(path, data)  # one PUT: the object store shows it only once complete
+        write_object(fs, path, data)  # one PUT (hedged): the object store shows it only once complete
         return
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
@@ -88,6 +90,18 @@ def _remove_object(fs: AbstractFileSystem, path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(path)  # S3 answers a DELETE of a missing key with success
     fs.invalidate_cache(path)
+
+
+def _record_present(fs: AbstractFileSystem, path: str) -> bool:
+    """Whether a record is stored at `path`. On object storage a (hedged) GET: a DELETE cannot be
+    hedged (storage/hedging.py), so a first write, which has no record to remove, sends none."""
+    if is_local_filesystem(fs):
+        return True  # removing a missing local file is free
+    try:
+        read_object(fs, path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 # --- the protocol -----------------------------------------------------------------------------------
@@ -121,7 +135,7 @@ def write_committed(
     new record there is no record (unfinished), never an old record over new objects. An exception
     from any step leaves that state; calling again with the same arguments completes it.
     """
-    if objects:
+    if objects and _record_present(fs, record_path):
         _remove_object(fs, record_path)
     for path, data in objects.items():
         _write_object(fs, path, data)
@@ -131,7 +145,7 @@ def write_committed(
 def read_json(fs: AbstractFileSystem, path: str) -> Any | None:
     """The JSON value stored at `path`, or None when there is no object there."""
     try:
-        return json.loads(fs.cat_file(path))
+        return json.loads(read_object(fs, path))
     except FileNotFoundError:
         return None
 
@@ -139,7 +153,7 @@ def read_json(fs: AbstractFileSystem, path: str) -> Any | None:
 def read_verified(fs: AbstractFileSystem, path: str, *, sha256: str, size: int | None = None) -> bytes | None:
     """The bytes at `path` if they match a record's `sha256` (and `size`); None when missing or not."""
     try:
-        data = fs.cat_file(path)
+        data = read_object(fs, path, size=size)
     except FileNotFoundError:
         return None
     if (size is not None and len(data) != size) or sha256_hex(data) != sha256:

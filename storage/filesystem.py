@@ -15,11 +15,13 @@ What is retried where, for an S3 request (outermost last):
    random delay below 2**(retry - 1) s, at most 20 s). Retried: throttling (`503 SlowDown`), other
    5xx answers, connection errors (refused, reset, closed before or while the response head
    arrives) and timeouts: `connect_timeout`, and `read_timeout` for a server that stops answering
-   (a stall shorter than it is simply waited out; a longer one is cut and retried).
+   (a stall longer than it is cut and retried; `read_timeout` is per socket read, so a body that
+   drips in slowly is never cut by it). Its backoff before a retry is up to 1 s (0.5 s on average).
 2. s3fs (`S3FileSystem.retries`, 5 attempts, 0.1-0.8 s apart; a class attribute, not a storage
    option): the whole call including reading the response *body*, which botocore does not retry — a
-   connection reset mid-body (`ClientPayloadError` / `ResponseStreamingError`) is refetched here,
-   as are `SlowDown` errors that outlived botocore's attempts.
+   connection reset mid-body or a body cut short by a clean close (`ClientPayloadError` /
+   `ResponseStreamingError`) is refetched here, as are `SlowDown` errors that outlived botocore's
+   attempts.
 3. Our code retries only what neither library can: the streaming loader's `RetryPolicy`
    (`pipeline.shard_cache.ShardSource`) refetches a shard whose checksum does not match (a truncated
    transfer) and rides out a whole outage (a restarting server) with a fresh client. Writers have
@@ -27,8 +29,13 @@ What is retried where, for an S3 request (outermost last):
    retry; a job that still fails is rerun and resumes (the token store skips committed shards, a
    training run restarts from its latest complete checkpoint).
 
-`demo.s3_fault_proxy` injects these three faults (SlowDown, reset mid-body, stall) in the tests
-(`tests/test_s3_faults.py`) and in `benchmarks/bench_s3_faults.py`.
+What is slow rather than failed (a stall, a drip, a retry's backoff) is cut short by *hedging*
+(`storage.hedging`): a GET or PUT of a small object that has not answered within a deadline fitted to
+its size gets a second copy, and the first answer wins. The token store's shard reads, and every
+object, record and manifest of `storage.commit`, go through it.
+
+`demo.s3_fault_proxy` injects six faults (SlowDown, InternalError, reset mid-body, truncated body,
+stall, drip) in the tests (`tests/test_s3_faults.py`) and in `benchmarks/bench_s3_faults.py`.
 """
 
 from __future__ import annotations
