@@ -54,6 +54,9 @@ S3_CONFIG_DEFAULTS: dict[str, Any] = {
     "retries": {"max_attempts": 5, "mode": "standard"},
     "connect_timeout": 10,  # seconds to open a connection
     "read_timeout": 60,  # seconds without a byte from the server before botocore cuts and retries
+    # botocore's default is 10: a reader's 8 fetch threads plus their hedged copies (storage/hedging.py)
+    # would wait for a free connection exactly when a request is slow
+    "max_pool_connections": 32,
 }
 S3_PROTOCOLS = ("s3://", "s3a://")
 
