@@ -121,9 +121,8 @@ def to_classifier_input(images, image_size: int) -> torch.Tensor:
             array = np.repeat(array[..., None], 3, axis=-1)  # greyscale -> RGB
         if array.ndim != 4 or array.shape[-1] != 3:
             raise ValueError(f"uint8 images must be (N, H, W) or (N, H, W, 3), got {array.shape}")
-        tensor = (
-            torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        )
+        writable = np.require(array, requirements="CW")  # read-only arrays (Ray's object store) copied
+        tensor = torch.from_numpy(writable).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     if tensor.shape[-2:] != (image_size, image_size):
         tensor = F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", align_corners=False)
     # Plain NCHW: the permuted (channels-last) layout made CPU training steps up to 10x slower here.

@@ -127,7 +127,9 @@ class _BatchedNetwork:
             images = minmax_stretch(images)
         features, logits = [], []
         for start in range(0, len(images), self.batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size]))
+            # Writable and contiguous (a copy only when needed): arrays from Ray's object store are
+            # read-only, which torch.from_numpy warns about.
+            chunk = torch.from_numpy(np.require(images[start : start + self.batch_size], requirements="CW"))
             # A channels-last view: on CPU the evaluators' inference is ~1.5x faster in that layout.
             chunk = chunk.to(self.device).permute(0, 3, 1, 2)  # (b, 3, H, W) uint8
             batch_features, batch_logits = self._forward(chunk)

@@ -37,6 +37,7 @@ class Scores(NamedTuple):
     num_samples: int
     prdc_samples_per_side: int
     prdc_splits: int
+    fid_method: str  # the route that computed the FID, and why when it is not the one asked for
 
     def to_result(
         self,
@@ -66,6 +67,7 @@ class Scores(NamedTuple):
                 **protocol,
                 "prdc_samples_per_side": self.prdc_samples_per_side,
                 "prdc_splits": self.prdc_splits,
+                "fid_method": self.fid_method,
             },
             extra=extra or {},
         )
@@ -94,8 +96,16 @@ def score_samples(
     accumulator.update(features)
     generated = accumulator.finalize(evaluator_info=evaluator_info, minmax_stretch=minmax_stretch)
     check_comparable(reference, generated)
+    method, route = fid_method, fid_method
+    fewest = min(reference.count, len(features))
+    if fid_method == "sqrtm" and fewest <= features.shape[1]:
+        # With no more samples than feature dimensions a covariance is singular: scipy's sqrtm of the
+        # product then warns and needs the diagonal offset, while the eigh route takes square roots of
+        # the symmetric PSD halves, which is exact for singular ones (the same trace otherwise).
+        method = "eigh"
+        route = f"eigh (covariance singular: {fewest} samples <= {features.shape[1]} features)"
     fid = frechet_distance(
-        reference.mean, reference.covariance, generated.mean, generated.covariance, method=fid_method
+        reference.mean, reference.covariance, generated.mean, generated.covariance, method=method
     )
     inception = inception_score(logits, splits=is_splits, seed=seed)
     per_side = min(len(reference.kept_features), len(features))
@@ -104,4 +114,4 @@ def score_samples(
     manifold = precision_recall_density_coverage(
         reference.kept_features[:per_side], shuffled, k=prdc_k, splits=splits
     )
-    return Scores(fid, inception, manifold, len(features), per_side, splits)
+    return Scores(fid, inception, manifold, len(features), per_side, splits, route)

@@ -66,3 +66,43 @@ def test_scoring_refuses_other_evaluators_and_scores_identical_sets_well(rng):
     with pytest.raises(ValueError, match="minmax_stretch"):
         score_samples(reference, features, logits, evaluator_info=INCEPTION, minmax_stretch=True)
     assert np.isfinite(scores.inception.mean)
+
+
+def test_fewer_samples_than_features_take_the_eigh_route_without_warnings(rng):
+    """At the quickstart's sample counts (hundreds of samples, 1,280 features) both covariances are
+    singular: scipy's sqrtm would warn and lean on a diagonal offset; scoring takes the eigh route, which
+    is exact on singular PSD matrices, and says so in the protocol it reports."""
+    import warnings
+
+    from evaluation.metrics import frechet_distance
+
+    dims = 64
+    reference_features = rng.normal(size=(40, dims))
+    accumulator = StatisticsAccumulator(dims)
+    accumulator.update(reference_features)
+    reference = accumulator.finalize(evaluator_info=INCEPTION, minmax_stretch=False)
+    features, logits = rng.normal(size=(30, dims)) + 0.5, rng.normal(size=(30, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = score_samples(
+            reference, features, logits, evaluator_info=INCEPTION, minmax_stretch=False, is_splits=2
+        )
+    assert scores.fid_method == "eigh (covariance singular: 30 samples <= 64 features)"
+    generated = StatisticsAccumulator(dims)
+    generated.update(features)
+    stats = generated.finalize(evaluator_info=INCEPTION, minmax_stretch=False)
+    expected = frechet_distance(
+        reference.mean, reference.covariance, stats.mean, stats.covariance, method="eigh"
+    )
+    assert scores.fid == pytest.approx(expected, rel=1e-9) and scores.fid > 0
+    result = scores.to_result(
+        evaluator=INCEPTION, reference={}, sampling={}, model={}, protocol={"fid_method": "sqrtm"}
+    )
+    assert result.protocol["fid_method"].startswith("eigh")
+
+    many = rng.normal(size=(200, 8))  # more samples than features: the reference's sqrtm route
+    small = StatisticsAccumulator(8)
+    small.update(many)
+    ref8 = small.finalize(evaluator_info=INCEPTION, minmax_stretch=False)
+    assert score_samples(ref8, many, logits[:1].repeat(200, 0), evaluator_info=INCEPTION,
+                         minmax_stretch=False, is_splits=2).fid_method == "sqrtm"  # fmt: skip
