@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from storage.commit import put_whole, read_verified, sha256_hex, write_committed
+from storage.commit import pin_plan, put_whole, read_verified, sha256_hex, write_committed
 
 PLAN_NAME = "plan.json"
 
@@ -117,25 +117,14 @@ class SampleStore:
         Raises:
             PlanMismatchError: naming each setting that differs.
         """
-        path = f"{self.root}/{PLAN_NAME}"
-        normalized = json.loads(json.dumps(plan, sort_keys=True))
-        if not self.fs.exists(path):
-            self.fs.makedirs(self.root, exist_ok=True)
-            put_whole(self.fs, path, json.dumps(normalized, indent=1, sort_keys=True).encode())
-            return False
-        existing = json.loads(self.fs.cat(path))
-        if existing != normalized:
-            keys = sorted(set(existing) | set(normalized))
-            diffs = [
-                f"{key}: stored {existing.get(key)!r}, this run {normalized.get(key)!r}"
-                for key in keys
-                if existing.get(key) != normalized.get(key)
-            ]
+        differences = pin_plan(self.fs, f"{self.root}/{PLAN_NAME}", plan)
+        if differences:
+            diffs = [f"{key}: stored {old!r}, this run {new!r}" for key, (old, new) in differences.items()]
             raise PlanMismatchError(
                 f"{self.root} holds an evaluation begun with other settings ({'; '.join(diffs)}); "
                 "use another output, or delete it to start over"
             )
-        return True
+        return differences is not None
 
     # --- samples ------------------------------------------------------------------------------
 

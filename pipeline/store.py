@@ -37,7 +37,7 @@ from pipeline.shard_codec import (
     decode_shard_bytes,
     encode_shard,
 )
-from storage.commit import put_whole, read_json, read_verified, sha256_hex, write_committed
+from storage.commit import pin_plan, read_json, read_verified, sha256_hex, write_committed
 from storage.filesystem import url_to_fs
 from storage.hedging import read_object
 
@@ -299,26 +299,20 @@ class TokenStoreWriter:
         Raises:
             StoreSettingsError: naming each setting that differs.
         """
-        existing = read_json(self.fs, f"{self.root}/{PLAN_NAME}")
-        if existing is None:
-            if self.fs.exists(f"{self.root}/{MANIFEST_NAME}"):
-                raise StoreSettingsError(f"{self.url} holds a store without a plan; write to a new URL")
-            text = json.dumps(plan, indent=1, sort_keys=True)
-            put_whole(self.fs, f"{self.root}/{PLAN_NAME}", text.encode())
-            return False
-        normalized = json.loads(json.dumps(plan))
-        if existing != normalized:
-            keys = sorted(set(existing) | set(normalized))
+        plan_path = f"{self.root}/{PLAN_NAME}"
+        if read_json(self.fs, plan_path) is None and self.fs.exists(f"{self.root}/{MANIFEST_NAME}"):
+            raise StoreSettingsError(f"{self.url} holds a store without a plan; write to a new URL")
+        differences = pin_plan(self.fs, plan_path, plan)
+        if differences:
             diffs = [
-                f"{key}={_short(existing.get(key))} (this run asks for {_short(normalized.get(key))})"
-                for key in keys
-                if existing.get(key) != normalized.get(key)
+                f"{key}={_short(old)} (this run asks for {_short(new)})"
+                for key, (old, new) in differences.items()
             ]
             raise StoreSettingsError(
                 f"the store at {self.url} was begun with other settings: {'; '.join(diffs)}. "
                 "Use a new output URL, or delete the old store to start over."
             )
-        return True
+        return differences is not None
 
     # shards ------------------------------------------------------------------------------------
 

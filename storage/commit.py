@@ -142,6 +142,29 @@ def write_committed(
     _write_object(fs, record_path, record)
 
 
+def pin_plan(fs: AbstractFileSystem, path: str, plan: Mapping[str, Any]) -> dict[str, tuple[Any, Any]] | None:
+    """Record a run's settings at `path` the first time; later, compare a run's settings with them.
+
+    A resumable job (the token store, the evaluation sample store) pins its plan before its first
+    object, so a rerun with other settings is refused instead of mixing two runs' objects.
+
+    Returns:
+        None when this call wrote the plan; otherwise {key: (stored, asked)} for every setting that
+        differs from the stored plan (empty when they are the same).
+    """
+    normalized = json.loads(json.dumps(plan, sort_keys=True))  # tuples as lists, as they are stored
+    existing = read_json(fs, path)
+    if existing is None:
+        put_whole(fs, path, json.dumps(normalized, indent=1, sort_keys=True).encode())
+        return None
+    keys = sorted(set(existing) | set(normalized))
+    return {
+        key: (existing.get(key), normalized.get(key))
+        for key in keys
+        if existing.get(key) != normalized.get(key)
+    }
+
+
 def read_json(fs: AbstractFileSystem, path: str) -> Any | None:
     """The JSON value stored at `path`, or None when there is no object there."""
     try:
