@@ -92,3 +92,25 @@ def plot_loss_curve(records: list[dict], png_path: str | Path, keys: tuple[str, 
     figure.savefig(png_path, dpi=100)
     plt.close(figure)
     return png_path
+
+
+def step_time_breakdown(records: list[dict]) -> dict[str, float]:
+    """Mean seconds per step of each logged phase (`seconds_<phase>` keys, see jobs.train.worker.PHASES)
+    over the logged windows, largest first; empty when the run logged none."""
+    phases = sorted({key for record in records for key in record if key.startswith("seconds_")})
+    means = {}
+    for key in phases:
+        values = [record[key] for record in records if key in record]
+        means[key.removeprefix("seconds_")] = sum(values) / len(values)
+    return dict(sorted(means.items(), key=lambda item: -item[1]))
+
+
+def describe_step_time(breakdown: dict[str, float]) -> str:
+    """'a step: 212 ms = forward 41 %, backward 38 %, ...' (phases under 1 % left out)."""
+    total = sum(breakdown.values())
+    if total <= 0:
+        return "a step: no timing logged"
+    shown = [(name, seconds / total) for name, seconds in breakdown.items() if seconds / total >= 0.01]
+    shares = ", ".join(f"{name} {100 * share:.0f} %" for name, share in shown)
+    return f"a step: {1000 * total:.0f} ms = {shares}"
+
