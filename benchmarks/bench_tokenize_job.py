@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     images, labels = load_fashion_mnist("train")
-    work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
+    work_dir = tempfile.TemporaryDirectory(prefix="bench-tokenize-")  # images, tokenizers, stores
+    work = Path(work_dir.name)
     roots: dict[int, str] = {}
 
     def image_root(size: int) -> str:
@@ -281,6 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(rows[-1], flush=True)
     finally:
         ray.shutdown()
+        work_dir.cleanup()  # also when a run fails (its finalizer covers a failure before the try)
     return write_result(
         "tokenize_job",
         rows,
