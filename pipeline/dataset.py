@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -80,8 +79,10 @@ class StreamingConfig:
     """How shards reach a reader; free to change between runs (the sequence does not depend on it).
 
     Attributes:
-        cache_dir: node-local shard cache directory, shareable by processes. None = a directory in
-            the system temp dir for remote stores; a local store is then read in place.
+        cache_dir: node-local shard cache directory, shareable by processes and runs. None = the
+            user's cache dir (`$XDG_CACHE_HOME/maskgit/shards`, ~/.cache by default, where bounded caches
+            that outlive a run belong, as the Hugging Face hub's does; never $TMPDIR) for remote stores;
+            a local store is then read in place.
         cache_limit_bytes: disk cache bound (least recently used shards are evicted); 0 = no cache.
         prefetch_shards: shards loaded ahead beyond those the current batch needs.
         fetch_threads: background fetch threads per reader process.
@@ -117,7 +118,8 @@ def _unpack_token_batch(tokens: torch.Tensor, columns: torch.Tensor, epoch: int,
 
 
 def default_cache_dir() -> str:
-    return os.path.join(tempfile.gettempdir(), f"maskgit-shard-cache-{os.getuid()}")
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache_home, "maskgit", "shards")
 
 
 class TokenDataset(IterableDataset):

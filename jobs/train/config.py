@@ -47,7 +47,7 @@ class TrainJobConfig(FrozenConfig):
         sampling: sampling defaults exported with the weights (SamplingConfig fields).
         shuffle_window: shards mixed together by the loader's shuffle.
         loader_workers: DataLoader worker processes per training worker.
-        cache_dir: local shard cache of the loader (default: a temp dir per worker).
+        cache_dir: local shard cache of the loader (default: `pipeline.dataset.default_cache_dir()`).
         max_failures: Ray Train restarts of the worker group after a failure (each resumes from the
             latest checkpoint).
     """

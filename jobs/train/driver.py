@@ -256,7 +256,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     io.add_argument("--tokenizer", default=None, help="VQGAN folder to decode sample grids")
     io.add_argument("--shuffle-window", type=int, default=defaults.shuffle_window)
     io.add_argument("--loader-workers", type=int, default=defaults.loader_workers)
-    io.add_argument("--cache-dir", default=None, help="local shard cache (default: temp dir)")
+    io.add_argument("--cache-dir", default=None, help="local shard cache (default: ~/.cache/maskgit/shards)")
     add_sampling_arguments(
         parser, title="sampling defaults exported with the weights (and used for sample grids)",
         aliases={"schedule": "--sample-schedule"}, dest_prefix="sampling_",
