@@ -143,8 +143,16 @@ def code_commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def write_result(name: str, rows: list[dict], *, notes: str = "", columns: list[str] | None = None) -> dict:
-    """Print the table and write benchmarks/results/<name>.json; returns the result record."""
+def write_result(
+    name: str,
+    rows: list[dict],
+    *,
+    notes: str = "",
+    columns: list[str] | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Print the table and write benchmarks/results/<name>.json (with `extra`: values beside the table
+    that `benchmarks.report` renders); returns the result record."""
     record = {
         "name": name,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -153,6 +161,7 @@ def write_result(name: str, rows: list[dict], *, notes: str = "", columns: list[
         "columns": columns or (list(rows[0]) if rows else []),
         "rows": rows,
         "notes": notes,
+        **({"extra": extra} if extra else {}),
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(record, indent=2))

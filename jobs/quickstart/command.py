@@ -92,6 +92,44 @@ class QuickstartOptions:
         return dict(FAMILIES[self.family]["sampling"])
 
 
+STAGES = (  # in the order they run
+    "data",
+    "classifier",
+    "tokenizer",
+    "tokenize",
+    "train",
+    "sample",
+    "fid_stats",
+    "evaluate",
+    "ablation",
+)
+# The measured default run that the time estimates scale (written by benchmarks/bench_quickstart.py;
+# absent outside a checkout, and then the quickstart prints no estimate).
+REFERENCE_RUN = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "quickstart.json"
+
+
+def reference_stage_seconds(path: Path = REFERENCE_RUN) -> dict[str, float]:
+    """Stage -> seconds of the measured reference run ({} when there is none or it cannot be read)."""
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        return {row["stage"]: float(row["seconds"]) for row in rows}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def remaining_estimate(
+    reference: dict[str, float], done: dict[str, float], remaining: list[str]
+) -> tuple[float, float] | None:
+    """(seconds left, pace) for the `remaining` stages: the reference run's seconds for them, scaled by
+    this machine's pace so far (seconds of the stages run here over the reference's for the same
+    stages; 1.0 before any). None when the reference lacks a stage."""
+    if not reference or any(name not in reference for name in remaining):
+        return None
+    measured = [name for name in done if name in reference and reference[name] > 0]
+    pace = sum(done[n] for n in measured) / sum(reference[n] for n in measured) if measured else 1.0
+    return pace * sum(reference[name] for name in remaining), pace
+
+
 class Quickstart:
     """Runs the stages in order, skipping those recorded as done in `<out>/stages/`."""
 
@@ -101,21 +139,41 @@ class Quickstart:
         (self.out / "stages").mkdir(parents=True, exist_ok=True)
         self.s3 = None
         self.remote = ""  # s3:// prefix for the store and the run directory in --s3 mode
+        self.plan: list[str] = []  # stage names in order, set by run()
+        self.reference = reference_stage_seconds()
+        self.measured: dict[str, float] = {}  # seconds of the stages run (not reused) this time
 
     # ------------------------------------------------------------------------------ plumbing
     def stage(self, name: str, run: Callable[[], dict]) -> dict:
+        place = f"{self.plan.index(name) + 1}/{len(self.plan)} {name}" if name in self.plan else name
         marker = self.out / "stages" / f"{name}.json"
         if marker.is_file():
             record = json.loads(marker.read_text())
-            print(f"[{name}] reusing the finished stage: {_describe(record)}")
+            print(f"[{place}] reusing the finished stage: {_describe(record)}")
             return record
-        print(f"[{name}] running ...", flush=True)
+        print(f"[{place}] running ...{self._time_left(name)}", flush=True)
         start = time.perf_counter()
         record = run()
         record["seconds"] = round(time.perf_counter() - start, 1)
+        self.measured[name] = record["seconds"]
         marker.write_text(json.dumps(record, indent=1))
-        print(f"[{name}] done in {record['seconds']:.0f} s: {_describe(record)}", flush=True)
+        print(f"[{place}] done in {record['seconds']:.0f} s: {_describe(record)}", flush=True)
         return record
+
+    def _time_left(self, name: str) -> str:
+        """' (about 9 min left, ...)' from this run's pace against the reference run, or ''."""
+        if name not in self.plan:
+            return ""
+        later = self.plan[self.plan.index(name) :]
+        remaining = [n for n in later if not (self.out / "stages" / f"{n}.json").is_file()]
+        estimate = remaining_estimate(self.reference, self.measured, remaining)
+        if estimate is None:
+            return ""
+        seconds, pace = estimate
+        basis = "as in the reference run"
+        if self.measured:
+            basis = f"{pace:.2g}x the reference run's times so far"
+        return f" (about {max(1, round(seconds / 60))} min left for the whole quickstart, {basis})"
 
     def location(self, name: str) -> str:
         """Where a shared artefact lives: the S3 bucket in --s3 mode, else the output folder."""
@@ -405,6 +463,7 @@ class Quickstart:
     # ------------------------------------------------------------------------------ all of it
     def run(self) -> dict:
         results: dict[str, dict] = {}
+        self.plan = [*STAGES, *(["sampler_comparison"] if self.options.compare_samplers else [])]
         self.start_services()
         try:
             results["data"] = self.stage("data", self.data)
