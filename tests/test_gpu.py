@@ -168,8 +168,9 @@ def test_ray_schedules_a_serve_replica_on_the_gpu(folders):
         options = ServeOptions(transformer=str(folders / "transformer"), tokenizer=str(folders / "tokenizer"),
                                port=port, num_gpus=1, device="cuda", autocast_bf16=True)  # fmt: skip
         url = start_server(options)
-        models = requests.get(f"{url}/v1/models", timeout=60).json()
-        assert "cuda" in str(models)
+        (card,) = requests.get(f"{url}/v1/models", timeout=60).json()["data"]
+        model = requests.get(f"{url}/v1/models/{card['id']}", timeout=60).json()
+        assert "cuda" in model["device"]
         reply = requests.post(f"{url}/v1/generate", json={"class_id": 3, "seed": 1}, timeout=120)
         assert reply.status_code == 200, reply.text
     finally:

@@ -400,9 +400,10 @@ def test_bad_requests_get_clear_4xx_and_service_keeps_serving(server):
 def test_health_models_and_docs(server):
     health = requests.get(f"{server.url}/v1/health", timeout=30)
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    models = requests.get(f"{server.url}/v1/models", timeout=30)
-    assert models.status_code == 200
-    (model,) = models.json()["models"]
+    listed = requests.get(f"{server.url}/v1/models", timeout=30)
+    assert listed.status_code == 200 and [m["id"] for m in listed.json()["data"]] == ["tiny-fashion"]
+    models = requests.get(f"{server.url}/v1/models/tiny-fashion", timeout=30)
+    model = models.json()
     assert (model["name"], model["image_size"], model["num_classes"]) == ("tiny-fashion", 32, 10)
     assert model["sampling_defaults"] == SAMPLING.to_dict()
     assert model["limits"]["max_steps"] == 16 and model["max_batch_images"] == 32

@@ -80,7 +80,10 @@ def _events(reply: requests.Response) -> list[tuple[str, dict]]:
 
 
 def test_schemathesis_finds_no_disagreement(api, tmp_path):
-    """`st run --checks all`: every phase (examples, coverage, fuzzing, stateful), zero failures."""
+    """`st run --checks all`: every phase (examples, coverage, fuzzing, stateful), zero failures.
+
+    Not on `/v1/images/edits`: its multipart files are images schemathesis cannot make (random bytes
+    are "valid" binary to it); tests/test_serve_openai_client.py covers it with OpenAI's client."""
     tests_dir = str(Path(__file__).resolve().parent)
     env = {
         **os.environ,
@@ -91,7 +94,7 @@ def test_schemathesis_finds_no_disagreement(api, tmp_path):
     command = [
         str(Path(sys.executable).with_name("st")), "run", f"{api.url}/openapi.json", "--checks", "all",
         "--max-examples", "6", "--seed", "0", "--workers", "1", "--generation-database", "none",
-        "--request-timeout", "120", "--no-color", "--report", "junit", "--report-dir", str(tmp_path),
+        "--request-timeout", "120", "--exclude-path", "/v1/images/edits", "--no-color", "--report", "junit", "--report-dir", str(tmp_path),
     ]  # fmt: skip
     start = time.monotonic()
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
@@ -237,5 +240,7 @@ def test_health_and_models(api):
         "status": "ok",
         "model": "tiny-fashion",
     }
-    (model,) = requests.get(f"{api.url}/v1/models", timeout=30).json()["models"]
+    (card,) = requests.get(f"{api.url}/v1/models", timeout=30).json()["data"]
+    assert (card["id"], card["object"]) == ("tiny-fashion", "model")
+    model = requests.get(f"{api.url}/v1/models/tiny-fashion", timeout=30).json()
     assert model["class_names"] == NAMES and model["limits"]["max_steps"] == 4

@@ -109,7 +109,7 @@ def test_generate_by_class_name_and_watch_the_steps(page, app_url, tmp_path):
     assert page.locator("#grid figcaption").all_inner_texts() == [f"Sneaker · seed {s}" for s in (7, 8, 9)]
     assert page.evaluate("[...document.querySelectorAll('#grid img')].map(i => i.naturalWidth)") == [32] * 3
     # The page shows exactly what the API answers for the same request.
-    defaults = requests.get(f"{app_url}/v1/models", timeout=30).json()["models"][0]["sampling_defaults"]
+    defaults = requests.get(f"{app_url}/v1/models/tiny-fashion", timeout=30).json()["sampling_defaults"]
     body = {"class_id": 7, "count": 3, "seed": 7, "steps": 4, "cfg_weight": defaults["cfg_weight"],
             "temperature": defaults["temperature"], "order": defaults["order"]}  # fmt: skip
     api = requests.post(f"{app_url}/v1/generate", json=body, timeout=120).json()

@@ -20,8 +20,8 @@ Two deployments, thin adapters over `jobs/serve/engine.py` and `jobs/serve/ingre
   mean batch 2.9 of 16 at concurrency 16); blocking the loop lets the requests that arrive meanwhile
   all join the next batch.
 * `MaskGITIngress` serves the FastAPI app (`/v1/generate`, `/v1/inpaint`, `/v1/images/generations`,
-  `/v1/health`, `/v1/models`, `/docs`, the web page at `/`), validates requests and forwards
-  `SampleJob`s to the sampler (`run`, or `stream` for server-sent step events).
+  `/v1/images/edits`, `/v1/health`, `/v1/models`, `/docs`, the web page at `/`), validates requests and
+  forwards `SampleJob`s to the sampler (`run`, or `stream` for server-sent step events).
 
 Scaling: `replicas` fixed sampler replicas, or autoscaling with `max_replicas` (Serve's
 `autoscaling_config`: `min_replicas` … `max_replicas`, `target_ongoing_requests = max_batch_images`,
@@ -299,8 +299,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="serve generation and inpainting over HTTP (Ray Serve)",
         description="Start Ray Serve with the MaskGIT sampler: a web page at /, POST /v1/generate, "
-        "POST /v1/inpaint (both can stream steps), POST /v1/images/generations (OpenAI-shaped), "
-        "GET /v1/health, GET /v1/models, /docs. Blocks until Ctrl-C unless --duration or --detach.",
+        "POST /v1/inpaint (both can stream steps), POST /v1/images/generations and /v1/images/edits "
+        "(OpenAI-shaped), GET /v1/health, GET /v1/models, /docs. Blocks until Ctrl-C or SIGTERM unless "
+        "--duration or --detach.",
     )
     d = ServeOptions(transformer="-", tokenizer="-")
     add = parser.add_argument

@@ -189,7 +189,9 @@ def install_error_handlers(app: FastAPI, render: Render = default_render) -> Non
         elif error.status_code == 405:
             allowed = (error.headers or {}).get("Allow", "")
             detail = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
-        return error_response(error.status_code, detail, headers=getattr(error, "headers", None))
+        answer = render(request.url.path, error.status_code, detail, [])
+        answer.headers.update(error.headers or {})  # 405's Allow
+        return answer
 
     @app.exception_handler(Exception)
     async def _failed(request: Request, error: Exception) -> JSONResponse:

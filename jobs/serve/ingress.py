@@ -7,8 +7,10 @@
                         server-sent events, one per decoding step (jobs/serve/events.py)
     POST /v1/inpaint    regenerate a box or mask of an image, pixel-blended at the border (`InpaintRequest`)
     POST /v1/images/generations   OpenAI-shaped generation (jobs/serve/openai_images.py)
+    POST /v1/images/edits         OpenAI-shaped inpainting (multipart: image, mask, prompt)
     GET  /v1/health     200 when the sampler answers, else 503
-    GET  /v1/models     what is loaded: sizes, configs, class names, sampling defaults, limits
+    GET  /v1/models     OpenAI's model list (the served model); /v1/models/{id}: its sizes, configs,
+                        class names, sampling defaults and this server's limits
     GET  /docs, /openapi.json   the OpenAPI document, with this deployment's bounds (jobs/serve/limits.py)
     GET  /              the web page (jobs/serve/static/)
 
@@ -16,7 +18,9 @@ Every rejected request gets a JSON answer saying what is wrong (jobs/serve/error
 JSON, 405 a method the route does not have (with `Allow`), 413 a body over `max_payload_bytes`
 (checked before it is read), 422 an unknown field, a knob out of range, a class id the model does not
 have, bad base64, an image that is not an image or not at the model's size. Error messages never name
-server-side paths.
+server-side paths. Under `/v1/images/` every error answer (404 and 405 included) is OpenAI-shaped.
+With API keys (`api_key_digests`, jobs/serve/auth.py) every `/v1/` route but `/v1/health` answers 401
+to a request without one.
 
 The `sampler` is any object with `async run(job) -> JobOutput | JobFailure`, `stream(job, previews)`
 (an async iterator of the job's `StepEvent`s, then its `JobOutput` or `JobFailure`) and
@@ -35,18 +39,21 @@ import io
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from pydantic import ValidationError
 
 from generation import box_to_token_region, mask_to_token_region, resolve_sampling
 from jobs.serve import events, openai_images
+from jobs.serve.auth import OPEN_ROUTES, ApiKeyMiddleware
 from jobs.serve.engine import JobFailure, JobOutput, SampleJob, StepEvent
 from jobs.serve.errors import PayloadLimitMiddleware, RequestError, error_response, install_error_handlers
 from jobs.serve.limits import deployment_models
@@ -64,7 +71,8 @@ from jobs.serve.schema import (
     ErrorResponse,
     HealthResponse,
     InpaintRequest,
-    ModelsResponse,
+    ModelDetails,
+    ModelList,
     SampledImage,
     SampleResponse,
     SamplingFields,
@@ -104,7 +112,11 @@ def _decode_base64(text: str, field: str) -> bytes:
 
 def _decode_uploaded_image(text: str, field: str, max_side: int, size: int) -> np.ndarray:
     """base64 image -> (size, size, 3) uint8, refusing oversized headers before decoding pixels."""
-    data = _decode_base64(text, field)
+    return _decode_image_bytes(_decode_base64(text, field), field, max_side, size)
+
+
+def _decode_image_bytes(data: bytes, field: str, max_side: int, size: int) -> np.ndarray:
+    """Encoded image -> (size, size, 3) uint8, refusing oversized headers before decoding pixels."""
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
@@ -127,6 +139,30 @@ def _decode_uploaded_image(text: str, field: str, max_side: int, size: int) -> n
             "images (resize or crop it first)",
         )
     return pixels
+
+
+def _transparent_pixels(data: bytes, field: str, size: int) -> np.ndarray:
+    """(size, size) bool: the pixels of an encoded image with alpha below 128 (OpenAI's "edit here")."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            if opened.size != (size, size):
+                raise OpenAIError(
+                    400, f"{field} is {opened.size[0]}×{opened.size[1]} pixels; this model works on "
+                    f"{size}×{size} images", param=field, code="invalid_value",
+                )  # fmt: skip
+            has_alpha = "A" in opened.getbands() or "transparency" in opened.info
+            alpha = np.asarray(opened.convert("RGBA"))[..., 3] if has_alpha else None
+    except OpenAIError:
+        raise
+    except Exception:
+        raise OpenAIError(400, f"{field} is not an image this server can read (PNG, WebP, …)", param=field,
+                          code="invalid_value") from None  # fmt: skip
+    if alpha is None:
+        raise OpenAIError(
+            400, f"{field} has no alpha channel: its transparent pixels say what to regenerate (give a PNG "
+            "with transparency as mask)", param=field, code="invalid_value",
+        )  # fmt: skip
+    return alpha < 128
 
 
 class _RequestChecker:
@@ -168,6 +204,15 @@ class _RequestChecker:
         sampling = self._sampling(request)
         base, seeds = self._seeds(request, len(class_ids))
         return base, SampleJob("generate", tuple(class_ids), seeds, sampling, output)
+
+    def edit_job(
+        self, request: SamplingKnobs, class_ids: list[int], image: np.ndarray, region: np.ndarray
+    ) -> tuple[int, SampleJob]:
+        """An inpainting job for an already decoded image and token region (OpenAI's edits)."""
+        self._check_classes(class_ids)
+        sampling = self._sampling(request)
+        base, seeds = self._seeds(request, len(class_ids))
+        return base, SampleJob("inpaint", tuple(class_ids), seeds, sampling, "png", image, region)
 
     def inpaint_job(self, request: InpaintRequest) -> tuple[int, SampleJob]:
         class_ids = [request.class_id] * request.count
@@ -220,25 +265,46 @@ def _response(info: dict, base_seed: int, job: SampleJob, output: JobOutput) -> 
     )
 
 
+_OPENAI_CODES = {
+    401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
+}  # fmt: skip
+
+
 def _render(path: str, status: int, error: str, details: list[str]) -> JSONResponse:
     """Error answers: OpenAI's shape on the OpenAI-shaped route, `ErrorResponse` elsewhere."""
-    if path.rstrip("/").endswith(openai_images.ROUTE):
-        kind = OpenAIError(status, error, code="request_too_large" if status == 413 else None)
-        return JSONResponse(kind.body(), status_code=status)
+    if openai_images.PREFIX + "/" in path or path.rstrip("/").endswith(openai_images.PREFIX):
+        if status == 404 and path.rstrip("/").endswith("/variations"):
+            error = "image variations are not supported; POST /v1/images/edits regenerates a masked region"
+        code = _OPENAI_CODES.get(status)
+        return JSONResponse(OpenAIError(status, error, code=code).body(), status_code=status)
     return error_response(status, error, details)
+
+
+def _document_keys(document: dict[str, Any]) -> dict[str, Any]:
+    """Mark every keyed route of an OpenAPI document as needing a bearer key (/docs then has "Authorize")."""
+    schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["apiKey"] = {"type": "http", "scheme": "bearer", "description": "one of the server's API keys"}
+    for path, operations in document.get("paths", {}).items():
+        if path.startswith("/v1/") and path not in OPEN_ROUTES:
+            for operation in operations.values():
+                operation["security"] = [{"apiKey": []}]
+    return document
 
 
 def _documented(model: type, *statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": model} for status in statuses}
 
 
-def build_http_app(sampler: Sampler, info: dict[str, Any], options: ServeOptions) -> FastAPI:
+def build_http_app(
+    sampler: Sampler, info: dict[str, Any], options: ServeOptions, api_key_digests: Sequence[str] = ()
+) -> FastAPI:
     """The FastAPI app of the service.
 
     Args:
         sampler: runs jobs (`run`, `stream`) and answers health checks (`ping`).
         info: `SamplerEngine.info()` of the loaded model.
         options: limits and names.
+        api_key_digests: SHA-256 digests of the API keys (`jobs.serve.auth`); empty: no key required.
 
     Returns:
         FastAPI app with the /v1 routes, the web page at /, error handlers and the payload limit.
@@ -258,6 +324,8 @@ def build_http_app(sampler: Sampler, info: dict[str, Any], options: ServeOptions
         info["name"], size, options.max_images_per_request, options.max_steps, classes
     )
     app.add_middleware(PayloadLimitMiddleware, max_bytes=options.max_payload_bytes, render=_render)
+    # Added last, so it runs first: a request without a key is refused before its body is read.
+    app.add_middleware(ApiKeyMiddleware, digests=api_key_digests, render=_render)
     install_error_handlers(app, _render)
     errors = _documented(ErrorResponse, 400, 413, 422, 500, 503)
 
@@ -289,24 +357,86 @@ def build_http_app(sampler: Sampler, info: dict[str, Any], options: ServeOptions
         base_seed, job = checker.inpaint_job(request)
         return await _answer(job, base_seed, request)
 
-    async def images_generations(request: ImagesRequest) -> ImagesResponse:
-        """OpenAI-shaped generation: `prompt` is a class id or name, `n` images, `b64_json` back."""
+    def _images(request, class_id: int, job: SampleJob, output: JobOutput) -> ImagesResponse:
+        encoded = [openai_images.encode_as(png, request.output_format, request.output_compression)
+                   for png in output.pngs]  # fmt: skip
+        data = [
+            ImageData(b64_json=base64.b64encode(image).decode("ascii"), revised_prompt=classes.name(class_id),
+                      seed=seed)
+            for image, seed in zip(encoded, job.seeds)
+        ]  # fmt: skip
+        return ImagesResponse(
+            created=int(time.time()), data=data, output_format=request.output_format or "png",
+            size=f"{size}x{size}",
+        )  # fmt: skip
+
+    async def _run_openai(job: SampleJob) -> JobOutput:
         try:
-            class_id = classes.resolve(request.prompt)
-            _, job = checker.generate_job(request, [class_id] * (request.n or 1))
-            output = await _run(job)
+            return await _run(job)
         except RequestError as error:
             raise OpenAIError(400 if error.status == 422 else error.status, error.error) from None
-        data = [
-            ImageData(b64_json=base64.b64encode(png).decode("ascii"), revised_prompt=classes.name(class_id),
-                      seed=seed)
-            for png, seed in zip(output.pngs, job.seeds)
-        ]  # fmt: skip
-        return ImagesResponse(created=int(time.time()), data=data)
 
+    async def images_generations(request: ImagesRequest) -> ImagesResponse:
+        """OpenAI-shaped generation: `prompt` is a class id or name, `n` images, `b64_json` back."""
+        class_id = classes.resolve(request.prompt)
+        try:
+            _, job = checker.generate_job(request, [class_id] * (request.n or 1))
+        except RequestError as error:
+            raise OpenAIError(400 if error.status == 422 else error.status, error.error) from None
+        return _images(request, class_id, job, await _run_openai(job))
+
+    async def _form_file(form, *names: str) -> bytes | None:
+        uploads = [item for name in names for item in form.getlist(name)]
+        if len(uploads) > 1:
+            raise OpenAIError(400, f"give one {names[0]}; this server edits one image per request",
+                              param=names[0], code="invalid_value")  # fmt: skip
+        if uploads and isinstance(uploads[0], str):
+            raise OpenAIError(400, f"{names[0]} must be a file (multipart/form-data)", param=names[0],
+                              code="invalid_value")  # fmt: skip
+        return await uploads[0].read() if uploads else None
+
+    async def images_edits(request: Request) -> ImagesResponse:
+        """OpenAI-shaped editing (multipart/form-data): regenerate the transparent pixels of `mask` (or,
+        without a mask, of `image`) as the class `prompt` names; `n` images, `b64_json` back."""
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise OpenAIError(400, "send the edit as multipart/form-data (image, mask, prompt, …), as "
+                              "OpenAI's clients do", code="invalid_value")  # fmt: skip
+        form = await request.form(max_part_size=options.max_payload_bytes)
+        try:
+            body = ImagesRequest.model_validate(openai_images.form_fields(form))
+        except ValidationError as error:
+            raise RequestValidationError(error.errors()) from None
+        image = await _form_file(form, "image", "image[]")
+        mask = await _form_file(form, "mask")
+        if image is None:
+            raise OpenAIError(400, "missing field 'image' (a file)", param="image",
+                              code="missing_required_parameter")  # fmt: skip
+        class_id = classes.resolve(body.prompt)
+        try:
+            pixels = _decode_image_bytes(image, "image", options.max_image_side, size)
+        except RequestError as error:
+            raise OpenAIError(400, error.error, param="image", code="invalid_value") from None
+        field = "image" if mask is None else "mask"
+        transparent = _transparent_pixels(image if mask is None else mask, field, size)
+        try:
+            region = mask_to_token_region(transparent, info["downsample_factor"])
+            _, job = checker.edit_job(body, [class_id] * (body.n or 1), pixels, region)
+        except ValueError as error:  # a mask with no transparent pixel
+            raise OpenAIError(400, f"{field}: {error}", param=field, code="invalid_value") from None
+        except RequestError as error:
+            raise OpenAIError(400 if error.status == 422 else error.status, error.error) from None
+        return _images(body, class_id, job, await _run_openai(job))
+
+    openai_errors = _documented(OpenAIErrorResponse, 400, 401, 413, 500, 503)
     app.router.add_api_route(
         openai_images.ROUTE, images_generations, methods=["POST"], response_model=ImagesResponse,
-        responses=_documented(OpenAIErrorResponse, 400, 413, 500, 503), route_class_override=OpenAIRoute,
+        responses=openai_errors, route_class_override=OpenAIRoute,
+    )  # fmt: skip
+    app.router.add_api_route(
+        openai_images.EDITS_ROUTE, images_edits, methods=["POST"], response_model=ImagesResponse,
+        responses=openai_errors, route_class_override=OpenAIRoute,
+        openapi_extra=openai_images.edit_request_body(ImagesRequest),
     )  # fmt: skip
 
     @app.get("/v1/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
@@ -319,14 +449,26 @@ def build_http_app(sampler: Sampler, info: dict[str, Any], options: ServeOptions
         body = {"status": "ok" if ready else "unavailable", "model": info["name"]}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/v1/models", response_model=ModelsResponse)
+    created = int(time.time())
+    card = {"id": info["name"], "object": "model", "created": created, "owned_by": "maskgit"}
+    limits = {
+        name: getattr(options, name)
+        for name in ("max_images_per_request", "max_steps", "max_payload_bytes", "max_image_side")
+    }
+    details = {**info, **card, "limits": limits, "max_batch_images": options.max_batch_images}
+
+    @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> dict[str, Any]:
-        """The loaded model: sizes, configs, class names, sampling defaults, and this server's limits."""
-        limits = {
-            name: getattr(options, name)
-            for name in ("max_images_per_request", "max_steps", "max_payload_bytes", "max_image_side")
-        }
-        return {"models": [{**info, "limits": limits, "max_batch_images": options.max_batch_images}]}
+        """OpenAI's model list: the one served model (details at /v1/models/{model_id})."""
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model_id}", response_model=ModelDetails, responses=_documented(ErrorResponse, 404))
+    async def retrieve_model(model_id: str) -> dict[str, Any]:
+        """The served model: OpenAI's model fields, plus its sizes, configs, class names, sampling
+        defaults and this server's limits."""
+        if model_id != info["name"]:
+            raise RequestError(404, f"model {model_id!r} is not served here; see GET /v1/models")
+        return details
 
     page_html = (STATIC_DIR / "index.html").read_text()
 
@@ -341,7 +483,8 @@ def build_http_app(sampler: Sampler, info: dict[str, Any], options: ServeOptions
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             streamed = ["/v1/generate", "/v1/inpaint"]
-            app.openapi_schema = events.document_streams(FastAPI.openapi(app), streamed)
+            document = events.document_streams(FastAPI.openapi(app), streamed)
+            app.openapi_schema = _document_keys(document) if api_key_digests else document
         return app.openapi_schema
 
     app.openapi = openapi

@@ -1,19 +1,31 @@
-"""An OpenAI-shaped image endpoint: `POST /v1/images/generations` over the same sampler.
+"""OpenAI's Images API over the same sampler: `POST /v1/images/generations` and `POST /v1/images/edits`.
 
-Clients written for OpenAI's Images API (`client.images.generate(...)`) can call the service: the
-`prompt` names the class, as a class id ("207") or a class name stored with the model ("golden
-retriever", matched without regard to ASCII letter case), `n` is the number of images, `size` must be
-the model's ("32x32"), and images come back as `b64_json` (`url` is not supported). Our decoding
-knobs (`steps`, `temperature`, `cfg_weight`, …) and `seed` are accepted as extra fields.
+Clients written for OpenAI's Images API (`client.images.generate(...)`, `client.images.edit(...)`)
+can call the service: the `prompt` names the class, as a class id ("207") or a class name stored with
+the model ("golden retriever", matched without regard to ASCII letter case), `n` is the number of
+images, `size` is the model's ("32x32") or "auto", and images come back as `b64_json` (`url` is not
+supported). `output_format` ("png", "webp", "jpeg") and `output_compression` (0-100, webp and jpeg)
+are honoured. OpenAI's `quality`, `style`, `background`, `moderation` and `user` are accepted and
+ignored: a class-conditional MaskGIT has no such knobs. Our decoding knobs (`steps`, `temperature`,
+`cfg_weight`, …) and `seed` are accepted as extra fields (form fields on the edits route).
 
-Errors on this route use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with
-status 400 for any invalid request (413 for a body over the limit); our own routes keep
-`ErrorResponse`.
+`/v1/images/edits` takes OpenAI's multipart form: `image` (at the model's size), an optional `mask`
+(a PNG with an alpha channel: transparent pixels, alpha below 128, are regenerated; without a mask
+the image's own alpha channel is used), `prompt` (the class of the regenerated region). It runs the
+same inpainting as `/v1/inpaint` with a mask. Image variations are not supported.
+
+Every error answer under `/v1/images/` (404 and 405 included) uses OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`, with status 400 for any invalid request (401 a
+missing or wrong API key, 413 a body over the limit); `param` names the field at fault or is null.
+Our own routes keep `ErrorResponse`.
 """
 
 # No `from __future__ import annotations`: a model below is built inside a function.
 
+import contextlib
 import difflib
+import io
+import json
 import re
 import string
 from collections.abc import Sequence
@@ -23,6 +35,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,6 +43,13 @@ from jobs.serve.errors import RequestError, describe_validation_errors
 from jobs.serve.schema import SamplingKnobs, integer
 
 ROUTE = "/v1/images/generations"
+EDITS_ROUTE = "/v1/images/edits"
+PREFIX = "/v1/images"  # every answer under it uses OpenAI's error shape
+OutputFormat = Literal["png", "webp", "jpeg"]
+# Multipart form fields are text: these are read as JSON numbers before validation.
+NUMERIC_FORM_FIELDS = frozenset(
+    {"n", "output_compression", "steps", "temperature", "gumbel_temperature", "cfg_weight", "seed"}
+)
 _SPACE = " \t\n\r"  # stripped around a prompt (and allowed by its pattern)
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
@@ -70,24 +90,59 @@ class ImageGenerationRequest(SamplingKnobs):
     model: str | None = Field(None, description="the served model's name (GET /v1/models); absent: it")
     prompt: str = Field(description="a class id ('7') or a class name, ASCII case ignored")
     n: integer(ge=1) | None = Field(None, description="number of images (default 1)")
-    size: str | None = Field(None, description="'WxH', the model's size; absent: it")
+    size: str | None = Field(None, description="'WxH', the model's size, or 'auto'; absent: it")
     response_format: Literal["b64_json"] | None = Field(
         None, description="only 'b64_json' ('url' is not supported)"
     )
+    output_format: OutputFormat | None = Field(None, description="'png' (default), 'webp' or 'jpeg'")
+    output_compression: integer(ge=0, le=100) | None = Field(
+        None, description="webp and jpeg quality, 0-100 (default 100); ignored for png"
+    )
     user: str | None = Field(None, description="accepted for compatibility and ignored")
+    quality: str | None = Field(None, description="accepted for compatibility and ignored")
+    style: str | None = Field(None, description="accepted for compatibility and ignored")
+    background: str | None = Field(None, description="accepted for compatibility and ignored")
+    moderation: str | None = Field(None, description="accepted for compatibility and ignored")
+    input_fidelity: str | None = Field(None, description="(edits) accepted for compatibility and ignored")
 
 
 class ImageData(BaseModel):
-    b64_json: str = Field(description="base64 PNG")
+    b64_json: str = Field(description="base64 image (PNG unless output_format says otherwise)")
     revised_prompt: str | None = Field(None, description="the class the image was generated for")
     seed: int = Field(description="the image's seed")
 
 
 class ImagesResponse(BaseModel):
-    """Answer of `POST /v1/images/generations`."""
+    """Answer of `POST /v1/images/generations` and `POST /v1/images/edits`."""
 
     created: int = Field(description="Unix time of the answer")
     data: list[ImageData]
+    output_format: OutputFormat = Field("png", description="the format of every image")
+    size: str = Field(description="'WxH' of every image")
+
+
+def encode_as(png: bytes, output_format: str | None, compression: int | None) -> bytes:
+    """A PNG re-encoded as `output_format` (None or "png": unchanged; webp and jpeg at `compression`)."""
+    if output_format in (None, "png"):
+        return png
+    with Image.open(io.BytesIO(png)) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format=output_format.upper(), quality=100 if compression is None
+                                  else compression)  # fmt: skip
+    return buffer.getvalue()
+
+
+def form_fields(form: Any) -> dict[str, Any]:
+    """The text fields of a multipart form as a request body: numbers read as JSON, the rest as text."""
+    body: dict[str, Any] = {}
+    for name, value in form.multi_items():
+        if not isinstance(value, str) or name in ("image", "image[]", "mask"):
+            continue
+        if name in NUMERIC_FORM_FIELDS:
+            with contextlib.suppress(ValueError):  # not a number: validation names the field
+                value = json.loads(value)
+        body[name] = value
+    return body
 
 
 class ClassNames:
@@ -164,7 +219,7 @@ def bounded_request_model(
     rules across fields (the server enforces them elsewhere), added under `allOf`.
     """
     ModelName = Literal[model_name]  # type: ignore[valid-type]
-    Size = Literal[f"{image_size}x{image_size}"]  # type: ignore[valid-type]
+    Size = Literal[f"{image_size}x{image_size}", "auto"]  # type: ignore[valid-type]
     prompt_schema = {"pattern": classes.pattern()}
 
     class ImageGenerationRequest(_Base):
@@ -179,7 +234,7 @@ def bounded_request_model(
             "ignored; GET /v1/models lists class_names), spaces around it ignored",
         )
         n: integer(ge=1, le=max_images) | None = Field(None, description="number of images (default 1)")
-        size: Size | None = Field(None, description="the model's size 'WxH'; absent: it")
+        size: Size | None = Field(None, description="the model's size 'WxH' or 'auto'; absent: it")
         steps: integer(ge=1, le=max_steps) | None = Field(None, description="decoding steps T")
 
     ImageGenerationRequest.model_rebuild(force=True)
@@ -189,10 +244,31 @@ def bounded_request_model(
 _Base = ImageGenerationRequest
 
 
+def edit_request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI `requestBody` of `POST /v1/images/edits`: `model`'s fields as multipart form fields, plus
+    the `image` and `mask` files (the route reads the form itself)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)  # the fields are scalars; nothing refers to a definition
+    schema.pop("allOf", None)
+    schema["title"] = "ImageEditRequest"
+    files = {
+        "image": {"type": "string", "format": "binary", "description": "the image to edit, at the model's "
+                  "size; its transparent pixels are regenerated when no mask is given"},
+        "mask": {"type": "string", "format": "binary", "description": "a PNG at the model's size with an "
+                 "alpha channel: pixels with alpha below 128 are regenerated"},
+    }  # fmt: skip
+    schema["properties"] = {**files, **schema["properties"]}
+    schema["required"] = ["image", *schema.get("required", [])]
+    schema["properties"]["prompt"]["description"] = "the class of the regenerated region: a class id or name"
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
 def validation_error(errors: list[dict[str, Any]], lines: list[str], status: int) -> OpenAIError:
     """FastAPI's validation errors on this route as one OpenAI-shaped error."""
     first = errors[0] if errors else {}
-    param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
+    # A field name, never a character offset of malformed JSON or a list index.
+    names = [part for part in first.get("loc", ()) if isinstance(part, str) and part != "body"]
+    param = None if first.get("type") == "json_invalid" else ".".join(names) or None
     code = "invalid_value"
     if param == "response_format" and first.get("input") == "url":
         message = "response_format 'url' is not supported: this server returns images inline; use 'b64_json'"

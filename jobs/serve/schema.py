@@ -400,8 +400,33 @@ class HealthResponse(BaseModel):
     model: str
 
 
-class ModelsResponse(BaseModel):
-    """Answer of `GET /v1/models`: the loaded model's sizes, configs, class names, sampling defaults,
-    and this server's limits."""
+class ModelCard(BaseModel):
+    """One model in OpenAI's shape."""
 
-    models: list[dict[str, Any]]
+    id: str = Field(description="the served model's name (the `model` of OpenAI-shaped requests)")
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time the server started serving it")
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """Answer of `GET /v1/models`, OpenAI's list shape: the one served model."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ModelDetails(ModelCard):
+    """Answer of `GET /v1/models/{model_id}`: OpenAI's model fields plus the loaded model's sizes,
+    configs, class names, sampling defaults (`sampling_defaults`) and this server's limits (`limits`,
+    `max_batch_images`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    image_size: int
+    num_classes: int
+    class_names: list[str] | None = None
+    sampling_defaults: dict[str, Any]
+    limits: dict[str, int]
+    max_batch_images: int

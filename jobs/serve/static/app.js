@@ -1,6 +1,6 @@
 // The sampler's web page: pick a class, set the knobs, watch the images decode step by step.
 // Plain browser JavaScript, no build step. Talks to the same API as any client:
-// GET v1/models, POST v1/generate and v1/inpaint with "stream": true (server-sent events read from a
+// GET v1/models (OpenAI's list) and v1/models/{id} (the details), POST v1/generate and v1/inpaint with "stream": true (server-sent events read from a
 // fetch() body, since EventSource cannot POST). URLs are relative to <base href>, set by the server.
 
 "use strict";
@@ -267,6 +267,13 @@ function wireCanvas() {
 
 // ---- start --------------------------------------------------------------------------------------
 
+async function api(route) {
+  const response = await fetch(route);
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+  return answer;
+}
+
 function selectMode(mode) {
   state.mode = mode;
   $("tab-generate").setAttribute("aria-selected", String(mode === "generate"));
@@ -276,8 +283,8 @@ function selectMode(mode) {
 }
 
 async function start() {
-  const response = await fetch("v1/models");
-  const model = (await response.json()).models[0];
+  const listed = await api("v1/models");
+  const model = await api(`v1/models/${encodeURIComponent(listed.data[0].id)}`);
   state.model = model;
   $("model").textContent = `${model.name} · ${model.image_size}×${model.image_size} px · ${model.num_classes} classes`;
   const select = $("class");
