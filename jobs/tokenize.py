@@ -186,24 +186,83 @@ def _tokenizer_actors(options: TokenizeOptions) -> Iterator[list]:
                 ray.kill(actor)
 
 
+class _Flight(NamedTuple):
+    """One shard in flight: its task, the actor it went to, its decode ref and how often it was resent."""
+
+    task: Any
+    actor: int
+    prepared: Any
+    resent: int
+
+
+_DECODE_CPUS = 1.0  # a _prepare task's CPU reservation
+_POLL_S = 2.0  # ray.wait timeout: how often the driver looks at a stalled job
+_STALL_S = 15.0  # no commit for this long: check that decode tasks still fit beside the actors
+_RESENDS = 3  # times one shard is sent again after its node, actor or objects were lost
+
+
+def _make_room(options: TokenizeOptions, actors: list, live: list[int]) -> None:
+    """No commit for `_STALL_S`: drop an actor when decode tasks can no longer run beside the actors
+    (or an actor that cannot be placed again), else nothing; raises when no actor would be left."""
+    import ray
+
+    from jobs.actor_fit import actor_places, room_beside
+
+    places = dict(zip(live, actor_places([actors[i] for i in live])))
+    room = room_beside(list(places.values()), options.num_cpus_per_actor)
+    alive = [i for i in live if places[i].state == "ALIVE"]
+    if room.most_free >= _DECODE_CPUS:  # decode tasks fit: drop actors that cannot be placed again
+        if not alive and options.num_cpus_per_actor <= room.most_free:
+            return  # a restart in progress
+        victims = [i for i in live if i not in alive]
+    elif len(alive) > 1:  # decode tasks wait for a CPU the actors hold: one actor makes way
+        victims = [max(i for i in alive if places[i].node_id == room.crowded_node)]
+    else:
+        victims = live
+    if len(victims) == len(live):
+        raise RuntimeError(
+            f"no shard committed for {_STALL_S:.0f} s and none can be: the cluster has {room.cpus:g} CPUs "
+            f"on its live nodes, the tokenizer actors ({len(alive)} of {len(live)} running) hold "
+            f"{room.held:g} of them (at most {room.most_free:g} left on one node), an actor needs "
+            f"{options.num_cpus_per_actor:g} and a decode task needs {_DECODE_CPUS:g}: add a node or lower "
+            "--actors / --num-cpus-per-actor, then rerun the same command to resume"
+        )
+    for victim in victims:
+        log.warning(
+            "dropping tokenizer actor %d (%s) so the decode tasks fit: %s", victim, places[victim], room
+        )
+        ray.kill(actors[victim], no_restart=True)  # its shards fail with ActorDiedError and are resent
+        live.remove(victim)
+
+
 def _run_pending(options: TokenizeOptions, actors: list, pending, *, class_map) -> dict[int, ShardCommit]:
     """Stream the pending shard tasks through prepare (CPU tasks) -> an actor's call -> write (tasks).
 
     At most `2 · actors + 2` shards are in flight (submitted, not committed), which bounds memory and
     keeps each actor's next shard decoded before it finishes the current one. Each shard goes to the
-    actor with the fewest shards in flight.
+    live actor with the fewest shards in flight.
+
+    Lost nodes never leave the job waiting forever (issue 22). A shard whose node, actor or objects
+    were lost is sent again (at most `_RESENDS` times); its object and commit record are named by its
+    index, so a resend can only rewrite the same bytes: each shard is still committed once. When no
+    shard commits for `_STALL_S` and no live node has a CPU left beside the actors (a restarted actor
+    took the last one, so decode tasks stay pending), an actor is dropped and its shards go to the
+    others; when none would be left, the job fails with an error naming the missing CPUs.
     """
     import ray
+    from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
     from tqdm import tqdm
 
     so = options.storage_options
-    prepare = ray.remote(_prepare).options(num_cpus=1)
+    prepare = ray.remote(_prepare).options(num_cpus=_DECODE_CPUS)
     write = ray.remote(_write).options(num_cpus=0.1)  # I/O bound: leaves the cores to decoding, encoding
     load = [0] * len(actors)
-    in_flight: dict[Any, int] = {}  # commit ref -> actor index
+    live = list(range(len(actors)))  # actors not dropped
+    in_flight: dict[Any, _Flight] = {}  # commit ref -> its shard
 
-    def submit(task) -> None:
-        actor = min(range(len(actors)), key=load.__getitem__)
+    def submit(task, resent: int = 0, avoid: int | None = None) -> None:
+        others = [i for i in live if i != avoid]  # a shard lost with its actor goes to another one
+        actor = min(others or live, key=load.__getitem__)
         prepared = prepare.remote(
             task.to_json(), resolution=options.resolution, storage_options=so, class_map=class_map
         )
@@ -211,7 +270,7 @@ def _run_pending(options: TokenizeOptions, actors: list, pending, *, class_map) 
         ref = write.remote(
             encoded, output=options.output, store_format=options.store_format, storage_options=so
         )
-        in_flight[ref] = actor
+        in_flight[ref] = _Flight(task, actor, prepared, resent)
         load[actor] += 1
 
     tasks = iter(pending)
@@ -221,11 +280,27 @@ def _run_pending(options: TokenizeOptions, actors: list, pending, *, class_map) 
             submit(task)
         bar = tqdm(total=len(pending), desc="shards committed", unit="shard", disable=not options.progress)
         with bar:
+            progress = time.monotonic()
             while in_flight:
-                done, _ = ray.wait(list(in_flight), num_returns=1)
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL_S)
+                if not done and time.monotonic() - progress > _STALL_S:
+                    _make_room(options, actors, live)
+                    progress = time.monotonic()
                 for ref in done:
-                    load[in_flight.pop(ref)] -= 1
-                    index, commit = ray.get(ref)
+                    flight = in_flight.pop(ref)
+                    load[flight.actor] -= 1
+                    try:
+                        index, commit = ray.get(ref)
+                    except (RayActorError, ObjectLostError, NodeDiedError, WorkerCrashedError) as error:
+                        if flight.resent >= _RESENDS:
+                            raise
+                        log.warning(
+                            "shard %d lost (%s); sending it again", flight.task.index, type(error).__name__
+                        )
+                        ray.cancel(flight.prepared)  # a decode still waiting for a CPU is not needed
+                        submit(flight.task, flight.resent + 1, avoid=flight.actor)
+                        continue
+                    progress = time.monotonic()
                     commits[index] = commit
                     bar.update(1)
                     task = next(tasks, None)
