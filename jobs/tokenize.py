@@ -18,6 +18,14 @@ Memory stays bounded: a fixed number of shards is in flight (objects in Ray's st
 keeps only the small per-shard commit infos. `manifest.json` is written last, by the driver, after
 every shard is committed. Credentials come from the standard AWS environment or `--storage-options`
 and are never printed.
+
+Whatever the cluster has left, the job never waits forever (issue 22). A shard whose node, actor or
+objects were lost is sent again to another live actor (still exactly once: a shard's object and
+commit record are named by its index). After 15 s without a commit the driver checks that a decode
+task (1 CPU) still fits on a live node beside the tokenizer actors (a restarted actor may have taken
+the last CPU); if not, it drops an actor and sends that actor's shards to the others, and with one
+actor left it fails with an error naming the missing CPUs (add a node or lower --actors /
+--num-cpus-per-actor; a rerun resumes).
 """
 
 from __future__ import annotations
