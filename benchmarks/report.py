@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- benchmarks:begin (python -m benchmarks.report) -->", "<!-- benchmarks:end -->"
+QS_BEGIN, QS_END = "<!-- quickstart:begin (python -m benchmarks.report) -->", "<!-- quickstart:end -->"
+V2_BEGIN, V2_END = "<!-- quickstart-v2:begin (python -m benchmarks.report) -->", "<!-- quickstart-v2:end -->"
+V2_FILES = ("quickstart_v2_sampler_comparison", "quickstart_v2_ablation")  # lists the quickstart writes
 Rows = list[dict]
 
 
@@ -47,6 +50,7 @@ class Claim:
     unit: str = "×"
     goal: tuple[str, float] | None = None  # (">=" | "<=", threshold)
     needs_bf16_kernels: bool = False
+    uses_record: bool = False  # `value` takes the whole record (its `extra`), not its rows
     why: str = ""  # what bounds it, in words: numbers belong in the results, not here
 
 
@@ -84,6 +88,12 @@ def _faults_ratio(workload: str) -> Callable[[Rows], float]:
     return value
 
 
+def _quickstart_fid(record: dict) -> float:
+    """The FID-like number of the quickstart's evaluation (its label names the evaluator)."""
+    metrics = record["extra"]["metrics"]
+    return float(next(value for label, value in metrics.items() if label.startswith("FID")))
+
+
 def _sampler_bf16_speedup(rows: Rows) -> float:
     ratios = []
     for row in rows:
@@ -94,6 +104,30 @@ def _sampler_bf16_speedup(rows: Rows) -> float:
 
 
 CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "quickstart",
+        "`maskgit quickstart` from scratch with default flags, wall time (set-up excluded)",
+        lambda record: record["extra"]["wall_s"] / 60,
+        unit=" min",
+        goal=("<=", 12.0),
+        uses_record=True,
+    ),
+    Claim(
+        "quickstart",
+        "quickstart samples that a classifier trained on real images assigns to their class",
+        lambda record: record["extra"]["class_accuracy"],
+        unit="",
+        goal=(">=", 0.8),
+        uses_record=True,
+    ),
+    Claim(
+        "quickstart",
+        "quickstart FID-EffLite0 against the held-out images",
+        _quickstart_fid,
+        unit="",
+        goal=("<=", 70.0),
+        uses_record=True,
+    ),
     Claim(
         "loader",
         "loader first epoch from S3 vs the faster peer (MosaicML Streaming, LitData), no workers",
@@ -266,7 +300,7 @@ def verdict(claim: Claim, record: dict | None) -> tuple[str, str]:
         return "—", "not measured yet"
     if claim.needs_bf16_kernels and record["machine"].get("bf16_kernels") is False:
         return "—", "not measurable here: this CPU has no bf16 kernels (torch's fallback is 40–100× slower)"
-    value = claim.value(record["rows"])
+    value = claim.value(record if claim.uses_record else record["rows"])
     if value is None:
         return "—", "not measurable here"
     shown = _format(value, claim.unit)
@@ -325,12 +359,81 @@ def render_results_md(records: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_with_block(readme: str, block: str) -> str:
+def render_quickstart_block(record: dict | None) -> str:
+    """The README's quickstart numbers: stage times, results and ablation of the measured default run."""
+    if record is None:
+        return "\n".join([QS_BEGIN, "No measured run yet: `python -m benchmarks.bench_quickstart`.", QS_END])
+    extra = record["extra"]
+    commit = f", code at {record['commit']}" if record.get("commit") else ""
+    stage_rows = [{"stage": row["stage"], "seconds": round(row["seconds"])} for row in record["rows"]]
+    result_rows = [
+        {"what": "samples showing their class (a classifier trained on real images; real test images: "
+         f"{extra['classifier_test_accuracy']:.0%})", "value": f"{extra['class_accuracy']:.3f}"},
+        *({"what": label, "value": f"{value:.3g}"} for label, value in extra["metrics"].items()),
+        {"what": "tokenizer reconstruction PSNR (dB) / codebook used",
+         "value": f"{extra['tokenizer_psnr']:.1f} / {extra['tokenizer_codebook_used']:.0%}"},
+        {"what": f"tokenize job ({extra['tokenize_images']:,} images, both views)",
+         "value": f"{extra['tokenize_images_per_s']:.0f} images/s"},
+    ]  # fmt: skip
+    ablation = [
+        {"setting": row["name"], "class accuracy": f"{row['class_accuracy']:.3f}", "FID": f"{row['fid']:.1f}",
+         "diversity": f"{row['diversity']:.2f}"}
+        for row in extra["ablation"]
+    ]  # fmt: skip
+    flags = " ".join(extra.get("flags") or []) or "default flags"
+    return "\n".join([
+        QS_BEGIN,
+        f"Measured by `python -m benchmarks.bench_quickstart` ({flags}) on {record['date'][:10]}, "
+        f"{describe_machine(record['machine'])}{commit}: **{extra['wall_s'] / 60:.1f} min** end to end. "
+        f"{record.get('notes', '')}",
+        "",
+        markdown_table(stage_rows),
+        "",
+        markdown_table(result_rows),
+        "",
+        "The ablation (`ablation.md`, the same seeds in every row):",
+        "",
+        markdown_table(ablation),
+        QS_END,
+    ])  # fmt: skip
+
+
+def render_v2_block(results_dir: Path = RESULTS_DIR) -> str:
+    """The v2 quickstart's sampler comparison and ablation tables, from the row lists it wrote."""
+    lines = [V2_BEGIN]
+    for name in V2_FILES:
+        path = results_dir / f"{name}.json"
+        if not path.is_file():
+            lines += [f"(no `{name}.json` yet)", ""]
+            continue
+        rows = [
+            {
+                "setting": row["name"],
+                "class accuracy": f"{row['class_accuracy']:.3f}",
+                "FID-EffLite0": f"{row['fid']:.1f}",
+                "diversity": f"{row['diversity']:.2f}",
+                "images/s": f"{row['images_per_s']:.1f}",
+                "forward passes / image": f"{row['forwards_per_image']:.0f}",
+            }
+            for row in json.loads(path.read_text())
+        ]
+        lines += [f"`benchmarks/results/{name}.json`:", "", markdown_table(rows), ""]
+    return "\n".join([*lines[:-1], V2_END])
+
+
+def readme_with_block(readme: str, block: str, begin: str = BEGIN, end: str = END) -> str:
     """`readme` with the text between the markers replaced by `block` (ValueError: a marker is missing)."""
-    start, end = readme.find(BEGIN), readme.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"README.md lacks the markers {BEGIN!r} ... {END!r}")
-    return readme[:start] + block + readme[end + len(END) :]
+    start, stop = readme.find(begin), readme.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"README.md lacks the markers {begin!r} ... {end!r}")
+    return readme[:start] + block + readme[stop + len(end) :]
+
+
+def render_readme(readme: str, records: dict[str, dict]) -> str:
+    """`readme` with both rendered blocks (benchmark claims, quickstart numbers) brought up to date."""
+    readme = readme_with_block(readme, render_readme_block(records))
+    readme = readme_with_block(readme, render_v2_block(), V2_BEGIN, V2_END)
+    return readme_with_block(readme, render_quickstart_block(records.get("quickstart")), QS_BEGIN, QS_END)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     records = load_results()
     wanted = {
-        README: readme_with_block(README.read_text(), render_readme_block(records)),
+        README: render_readme(README.read_text(), records),
         RESULTS_MD: render_results_md(records),
     }
     stale = [path for path, text in wanted.items() if not path.is_file() or path.read_text() != text]
