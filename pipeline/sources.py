@@ -14,7 +14,9 @@ the very same plan and the store can skip what is already committed:
 
 `prepare_shard` then reads a task's bytes, decodes them with `pipeline.images.decode_image` and applies
 the reference's evaluation transform (short side resize + center crop). Inputs that cannot become
-RGB images are returned as rejects with their reason; nothing is dropped silently.
+RGB images are returned as rejects with their reason; nothing is dropped silently. A task that finds
+none of the inputs it lists is no bad data but an input this process cannot see (a folder on the
+driver's disk read on another node): it raises `InputNotVisibleError` instead of rejecting them all.
 """
 
 from __future__ import annotations
@@ -89,6 +91,24 @@ class PreparedShard(NamedTuple):
     labels: np.ndarray  # (n,) int64
     image_ids: np.ndarray  # (n,) str
     rejects: list[dict[str, str]]  # {"source", "image_id", "reason", "detail"}
+
+
+class InputNotVisibleError(FileNotFoundError):
+    """None of the inputs a shard task lists exists where the task reads them.
+
+    The planner listed them a moment before, so this is not a bad image: the input is not visible
+    from this process at all (a path on the driver's disk read on a node that shares no filesystem with
+    it, or an input deleted since it was listed). `prepare_shard` raises it instead of turning every
+    file into a reject; a single missing file among found ones is still a `missing` reject.
+    """
+
+    def __init__(self, root: str, listed: int, detail: str = "", where: str = ""):
+        self.root, self.listed, self.detail, self.where = root, listed, detail, where  # where: "node ..."
+        place = f"on {where}" if where else "here"
+        super().__init__(f"none of the {listed} inputs listed under {root} exists {place} ({detail})")
+
+    def __reduce__(self):  # pickled across processes (Ray) with its fields
+        return type(self), (self.root, self.listed, self.detail, self.where)
 
 
 class RawRecord(NamedTuple):
@@ -273,11 +293,16 @@ def _folder_records(task: ShardTask, storage_options) -> Iterator[RawRecord]:
     fs, root = url_to_fs(task.root, storage_options)
     paths = [f"{root.rstrip('/')}/{member}" for member in task.members]
     contents = fs.cat(paths, on_error="return") if paths else {}
+    missing = [p for p in paths if isinstance(contents.get(p), FileNotFoundError) or p not in contents]
+    if paths and len(missing) == len(paths):
+        raise InputNotVisibleError(task.root, len(paths), f"first: {missing[0]}")
     for member, path, label in zip(task.members, paths, task.labels):
         data = contents.get(path)
         source = f"{task.root.rstrip('/')}/{member}"
         if label < 0:
             yield RawRecord(member, source, None, label, ImageRejected("no_class_folder", "file at the root"))
+        elif path in missing:  # gone since it was listed; the others are here
+            yield RawRecord(member, source, None, label, ImageRejected("missing", repr(data)))
         elif isinstance(data, BaseException) or data is None:
             yield RawRecord(member, source, None, label, ImageRejected("unreadable", repr(data)))
         else:
@@ -378,6 +403,17 @@ def iter_task_records(
     return _parquet_records(task, storage_options, class_map)
 
 
+def _records_seen_here(task: ShardTask, storage_options, class_map) -> Iterator[RawRecord]:
+    """`iter_task_records`, with a tar or Parquet file the planner listed but this process cannot find
+    raised as `InputNotVisibleError` (a folder task raises it itself when it finds none of its files)."""
+    try:
+        yield from iter_task_records(task, storage_options, class_map)
+    except InputNotVisibleError:
+        raise
+    except FileNotFoundError as error:
+        raise InputNotVisibleError(task.root, 1, str(error)) from None
+
+
 def prepare_shard(
     task: ShardTask,
     resolution: int,
@@ -389,9 +425,13 @@ def prepare_shard(
 
     Returns:
         PreparedShard with images (n, resolution, resolution, 3) uint8 in plan order.
+
+    Raises:
+        InputNotVisibleError: none of the task's listed inputs exists here (not a reject: the input
+            is not visible from this process, e.g. a path only the driver's node has).
     """
     images, labels, ids, rejects = [], [], [], []
-    for record in iter_task_records(task, storage_options, class_map):
+    for record in _records_seen_here(task, storage_options, class_map):
         error = record.error
         if error is None:
             try:

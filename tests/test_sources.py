@@ -204,3 +204,37 @@ def test_bad_bytes_inside_tars_and_parquet_are_rejected_per_sample(kind, tmp_pat
     assert reasons["bad-text_file"] == "not_an_image" and reasons["bad-empty_file"] == "empty_file"
     if kind == "webdataset":
         assert reasons["zz-no-label"] == "no_label"
+
+
+@pytest.mark.parametrize("kind", ["folder", "webdataset", "parquet"])
+def test_a_task_that_finds_none_of_its_inputs_raises(kind, tmp_path, fashion_mnist_small):
+    """Listed by the planner, gone where the task reads them (a node that does not share the driver's
+    disk): not 'unreadable' rejects but InputNotVisibleError, naming the root and the count."""
+    import shutil
+
+    from pipeline.sources import InputNotVisibleError
+
+    images, labels = fashion_mnist_small
+    if kind == "folder":
+        root = write_image_folder(images[:12], labels[:12], tmp_path / "in")
+    elif kind == "webdataset":
+        root = write_webdataset_shards(images[:12], labels[:12], str(tmp_path / "in"), per_shard=6)
+    else:
+        root = write_parquet_files(images[:12], labels[:12], str(tmp_path / "in"), per_file=6)
+    plan = plan_sources(str(tmp_path / "in"), shard_size=6)
+    shutil.rmtree(tmp_path / "in")  # what a node without the driver's files sees
+    with pytest.raises(InputNotVisibleError, match="none of the") as raised:
+        prepare_shard(plan.tasks[0], 32)
+    assert raised.value.listed == (6 if kind == "folder" else 1) and raised.value.root == plan.tasks[0].root
+    assert isinstance(raised.value, FileNotFoundError), root
+
+
+def test_one_missing_file_among_found_ones_is_a_missing_reject(tmp_path, fashion_mnist_small):
+    images, labels = fashion_mnist_small
+    root = write_image_folder(images[:6], labels[:6], tmp_path / "in")
+    plan = plan_sources(str(root), shard_size=6)
+    gone = plan.tasks[0].members[2]
+    (root / gone).unlink()  # deleted after it was listed
+    shard = prepare_shard(plan.tasks[0], 32)
+    assert len(shard.images) == 5
+    assert [(r["image_id"], r["reason"]) for r in shard.rejects] == [(gone, "missing")]
