@@ -284,6 +284,25 @@ class ContinuousBatcher:
             self._rows = DecodeRows.concat(parts)
         return admitted
 
+    def _fail(self, tickets: list[Ticket], error: BaseException) -> None:
+        """Fail `tickets` (the running ones, and any admitted meanwhile) with `error`; no rows are left."""
+        self._running, self._rows = [], None
+        for ticket in list(tickets):
+            if not ticket.done:
+                ticket.error = error
+                ticket._finish()
+
+    def fail_all(self, error: BaseException) -> int:
+        """Fail every running and queued request with `error` (a driver's last resort when `step` raised).
+
+        Returns:
+            the number of requests failed.
+        """
+        tickets = [*self._running, *self._queue]
+        self._queue.clear()
+        self._fail(tickets, error)
+        return len(tickets)
+
     def _keep(self, keep: list[Ticket]) -> None:
         """Keep only the rows of `keep` (a subsequence of the running tickets)."""
         if len(keep) == len(self._running):
@@ -302,8 +321,14 @@ class ContinuousBatcher:
         Returns:
             what the step did, or None when there was nothing to run.
         """
-        self._keep([ticket for ticket in self._running if not ticket.cancelled])
-        admitted = self._admit()
+        try:
+            self._keep([ticket for ticket in self._running if not ticket.cancelled])
+            admitted = self._admit()
+        except Exception as error:  # the rows' bookkeeping failed: what it touched fails, the loop goes on
+            failed = len(self._running)
+            logger.exception("admitting requests to a decoding step failed; failing its %d requests", failed)
+            self._fail(self._running, error)
+            return StepReport(0, 0, 0, failed, failed)
         if not self._running:
             return None
         tickets, rows = self._running, self._rows
@@ -312,10 +337,7 @@ class ContinuousBatcher:
                 result = decode_step(self.pipe.transformer, rows)
         except Exception as error:  # a device failure or a bug: every running request fails with it
             logger.exception("a decoding step failed; failing its %d requests", len(tickets))
-            self._running, self._rows = [], None
-            for ticket in tickets:
-                ticket.error = error
-                ticket._finish()
+            self._fail(tickets, error)
             return StepReport(len(rows), 0, admitted, len(tickets), len(tickets))
         self._rows = result.rows
         if result.forward_rows:

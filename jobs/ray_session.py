@@ -27,6 +27,7 @@ from collections.abc import Iterator
 log = logging.getLogger(__name__)
 
 LOCAL_NODE_IP = "127.0.0.1"
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray binds its servers to 127.0.0.1 only
 
 
 def resolve_ray_address(address: str | None = None) -> str | None:
@@ -56,7 +57,13 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None, dash
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, **common)
     else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault(LOOPBACK_ENV, "0")  # inherited by the Ray processes started below
+        # Ray reads the variable once, when `ray` is first imported (ray_constants.ENABLE_RAY_CLUSTER);
+        # in a process that imported ray before this call (every CLI command does) the setting above
+        # comes too late, and the GCS, raylet and agents listen on all interfaces. Say it again here.
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(LOOPBACK_ENV, True)
         ray.init(
             address="local",
             num_cpus=num_cpus,

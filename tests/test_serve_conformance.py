@@ -94,7 +94,8 @@ def test_schemathesis_finds_no_disagreement(api, tmp_path):
     command = [
         str(Path(sys.executable).with_name("st")), "run", f"{api.url}/openapi.json", "--checks", "all",
         "--max-examples", "6", "--seed", "0", "--workers", "1", "--generation-database", "none",
-        "--request-timeout", "120", "--exclude-path", "/v1/images/edits", "--no-color", "--report", "junit", "--report-dir", str(tmp_path),
+        "--request-timeout", "120", "--exclude-path", "/v1/images/edits",
+        "--no-color", "--report", "junit", "--report-dir", str(tmp_path),
     ]  # fmt: skip
     start = time.monotonic()
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)

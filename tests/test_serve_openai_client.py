@@ -17,6 +17,7 @@ import requests
 from PIL import Image
 from serve_helpers import local_app, train_tiny_models
 
+from jobs.serve.auth import ENV_VAR, key_digests
 from jobs.serve.continuous import ContinuousSampler
 from jobs.serve.engine import SamplerEngine
 from jobs.serve.ingress import build_http_app
@@ -155,3 +156,31 @@ def test_errors_use_openai_shape(client, url, models):
                             headers={"content-type": "application/json"}, timeout=30)  # fmt: skip
     assert garbled.status_code == 400 and garbled.json()["error"]["param"] is None
     assert "malformed JSON" in garbled.json()["error"]["message"]
+
+
+def test_api_keys(models, tmp_path, monkeypatch):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# one key per line\nsk-test-first\n\n")
+    monkeypatch.setenv(ENV_VAR, "sk-test-second, ")
+    digests = key_digests(str(keys))
+    assert len(digests) == 2 and "sk-test" not in "".join(digests)
+    with local_app(_app(models, digests)) as base:
+        for key in ("sk-test-first", "sk-test-second"):
+            keyed = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+            assert [m.id for m in keyed.models.list().data] == ["tiny-fashion"]
+        reply = keyed.images.generate(prompt="bag", extra_body={"seed": 1, "steps": 2})
+        assert len(reply.data) == 1
+        wrong = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-test-wrong", max_retries=0, timeout=120)
+        with pytest.raises(openai.AuthenticationError) as refused:
+            wrong.images.generate(prompt="bag")
+        body = refused.value.response.json()["error"]
+        assert (body["code"], body["param"]) == ("invalid_api_key", None) and "sk-test" not in str(body)
+        with pytest.raises(openai.AuthenticationError):
+            wrong.models.list()
+        missing = requests.post(f"{base}/v1/generate", json={"class_id": 1}, timeout=30)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert "requires an API key" in missing.json()["error"]  # our routes keep our error shape
+        assert requests.get(f"{base}/v1/health", timeout=30).status_code == 200  # probes need no key
+        assert requests.get(f"{base}/", timeout=30).status_code == 200  # nor does the page
+        document = requests.get(f"{base}/openapi.json", timeout=30).json()
+        assert document["paths"]["/v1/generate"]["post"]["security"] == [{"apiKey": []}]

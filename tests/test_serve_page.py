@@ -7,13 +7,14 @@ then click a generated image, draw a box on it and inpaint. Screenshots go to th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 import requests
-from serve_helpers import free_port, serve_app, train_tiny_models
+from serve_helpers import free_port, local_app, serve_app, train_tiny_models
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # As the platform notes say: no sandbox as root, no GPU, and nothing that calls out of the machine.
@@ -42,21 +43,26 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, fashion_mnist_small):
+def models(tmp_path_factory, fashion_mnist_small):
     from jobs.serve.schema import ServeOptions
 
     images, labels = fashion_mnist_small
-    models = train_tiny_models(tmp_path_factory.mktemp("page"), images, labels, steps=60, class_names=NAMES)
+    trained = train_tiny_models(tmp_path_factory.mktemp("page"), images, labels, steps=60, class_names=NAMES)
     options = ServeOptions(
-        transformer=models.transformer, tokenizer=models.tokenizer, model_name="tiny-fashion",
+        transformer=trained.transformer, tokenizer=trained.tokenizer, model_name="tiny-fashion",
         port=free_port(), max_batch_images=8, max_images_per_request=4, max_steps=8,
     )  # fmt: skip
-    with serve_app(options) as url:
-        yield url
+    return options
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def app_url(models):
+    with serve_app(models) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _browser_page(url: str):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
     with sync_api.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)  # a fresh profile
@@ -65,10 +71,16 @@ def page(app_url):
         page.on("pageerror", lambda error: problems.append(str(error)))
         page.on("console", lambda message: message.type == "error" and problems.append(message.text))
         page.problems = problems
-        page.goto(f"{app_url}/")
-        page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+        page.goto(url)
         yield page
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    with _browser_page(f"{app_url}/") as page:
+        page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+        yield page
 
 
 def _record_steps(page) -> None:
@@ -143,3 +155,38 @@ def test_inpaint_a_box_drawn_on_a_generated_image(page, tmp_path):
     assert page.inner_text("#status").startswith("done: 2 image(s)")
     page.screenshot(path=str(tmp_path / "inpaint.png"), full_page=True)
     assert not page.problems, page.problems
+
+
+def test_a_refused_request_leaves_no_placeholders(page):
+    page.evaluate("document.getElementById('steps').removeAttribute('max')")  # the server refuses it
+    page.click("#tab-generate")
+    page.fill("#steps", "100")
+    page.click("#run")
+    page.wait_for_selector("#status.error", timeout=60_000)
+    assert "at most 8" in page.inner_text("#status")
+    assert page.locator("#grid figure").count() == 0  # no "waiting…" cards left behind
+    page.fill("#steps", "4")
+    page.problems.clear()  # the browser logs the refused request's 422 as a console error
+
+
+def test_the_page_asks_for_a_key_when_the_server_needs_one(models):
+    from jobs.serve.auth import digest
+    from jobs.serve.continuous import ContinuousSampler
+    from jobs.serve.engine import SamplerEngine
+    from jobs.serve.ingress import build_http_app
+
+    engine = SamplerEngine(models.transformer, models.tokenizer, name="tiny-fashion", device="cpu")
+    sampler = ContinuousSampler(engine, max_rows=16)
+    app = build_http_app(sampler, {**engine.info(), "batching": "continuous"}, models, [digest("sk-page")])
+    with local_app(app) as url, _browser_page(f"{url}/") as page:
+        page.wait_for_selector("#key-form:not([hidden])", timeout=60_000)
+        assert "requires an API key" in page.inner_text("#status")
+        page.fill("#api-key", "sk-page")
+        page.click("#key-form button")
+        page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+        assert page.locator("#class option").all_inner_texts() == NAMES
+        page.fill("#count", "1")
+        page.fill("#steps", "2")
+        page.click("#run")
+        page.wait_for_selector("#grid[data-done=true]", timeout=120_000)
+        assert page.locator("#grid img.final").count() == 1

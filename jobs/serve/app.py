@@ -40,7 +40,11 @@ Entry points:
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import ipaddress
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -59,6 +63,7 @@ INGRESS_DEPLOYMENT = "MaskGITIngress"
 def _deployments():
     """The two deployment classes (built on first use so `maskgit --help` never imports Ray)."""
     from ray import serve
+    from ray.exceptions import TaskCancelledError
 
     from jobs.serve.continuous import ContinuousSampler
     from jobs.serve.engine import JobFailure, JobOutput, SampleJob, SamplerEngine, StepEvent, count_images
@@ -117,19 +122,32 @@ def _deployments():
             return self.engine.run(jobs)
 
     class _HandleSampler:
-        """`jobs.serve.ingress.Sampler` over a deployment handle."""
+        """`jobs.serve.ingress.Sampler` over a deployment handle.
+
+        A client that goes away cancels its request; the handle then raises Ray's cancellation error
+        (an `Exception`, which the ingress would report as a failed sampler). It is turned back into
+        `asyncio.CancelledError` and logged at INFO: a disconnect is routine, not a server error.
+        """
 
         def __init__(self, handle):
             self.handle = handle
 
         async def run(self, job: SampleJob) -> JobOutput | JobFailure:
-            return await self.handle.run.remote(job)
+            try:
+                return await self.handle.run.remote(job)
+            except TaskCancelledError:  # RequestCancelledError included
+                logger.info("the client went away; its request was cancelled")
+                raise asyncio.CancelledError from None
 
         async def stream(
             self, job: SampleJob, previews: str = "tokens"
         ) -> AsyncIterator[StepEvent | JobOutput | JobFailure]:
-            async for event in self.handle.options(stream=True).stream.remote(job, previews):
-                yield event
+            try:
+                async for event in self.handle.options(stream=True).stream.remote(job, previews):
+                    yield event
+            except TaskCancelledError:
+                logger.info("the client went away; its streamed request was cancelled")
+                raise asyncio.CancelledError from None
 
         async def ping(self) -> bool:
             return bool(await self.handle.ping.remote())
@@ -139,19 +157,47 @@ def _deployments():
     class MaskGITIngress:
         """HTTP ingress: the FastAPI app, built once the sampler has said what it serves."""
 
-        async def __init__(self, sampler, options: dict[str, Any]):
+        async def __init__(self, sampler, options: dict[str, Any], api_key_digests: tuple[str, ...] = ()):
             self.options = ServeOptions.from_dict(options)
             self.sampler = _HandleSampler(sampler)
             self.info = await sampler.info.remote()
+            self.api_key_digests = api_key_digests
 
         def __serve_build_asgi_app__(self):
-            return build_http_app(self.sampler, self.info, self.options)
+            app = build_http_app(self.sampler, self.info, self.options, self.api_key_digests)
+            app.add_middleware(_DisconnectAsMessage)  # outermost inside Starlette's error middleware
+            return app
+
+    class _DisconnectAsMessage:
+        """Serve's ASGI `receive` raises TaskCancelledError once the client has gone away; a streamed
+        answer watching `receive` for a disconnect would have Starlette log it as an ERROR with a
+        traceback. Hand the app ASGI's own `http.disconnect` message instead (Serve's proxy already
+        logs the disconnect at INFO)."""
+
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            async def receive_or_disconnect():
+                try:
+                    return await receive()
+                except TaskCancelledError:
+                    return {"type": "http.disconnect"}
+
+            return await self.app(scope, receive_or_disconnect, send)
 
     return MaskGITSampler, MaskGITIngress
 
 
 def build_app(options: ServeOptions):
-    """The Serve application (ingress bound to the sampler) for `options`."""
+    """The Serve application (ingress bound to the sampler) for `options`.
+
+    API keys (`options.api_key_file`, $MASKGIT_API_KEYS) are read here, in the process that builds
+    the application; the ingress gets their SHA-256 digests only.
+    """
+    from jobs.serve.auth import key_digests
+
+    digests = key_digests(options.api_key_file)
     sampler_cls, ingress_cls = _deployments()
     scaling: dict[str, Any] = {"num_replicas": options.replicas}
     if options.max_replicas is not None:
@@ -171,7 +217,7 @@ def build_app(options: ServeOptions):
         max_ongoing_requests=options.ingress_max_ongoing_requests,
         # The ingress waits on the sampler; it needs no CPU slot of its own.
         ray_actor_options={"num_cpus": 0},
-    ).bind(sampler, options.to_dict())
+    ).bind(sampler, options.to_dict(), digests)
 
 
 def app_builder(args: dict[str, Any]):
@@ -182,6 +228,21 @@ def app_builder(args: dict[str, Any]):
 def server_url(options: ServeOptions) -> str:
     """Base URL of the application (no trailing slash)."""
     return f"http://{options.host}:{options.port}{options.route_prefix.rstrip('/')}"
+
+
+def bind_warning(host: str, *, keyed: bool) -> str | None:
+    """The warning for serving on a non-loopback address without API keys (None: nothing to say)."""
+    if keyed or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name: it may well resolve to a public interface
+        pass
+    return (
+        f"serving on {host}, which other machines can reach, with no API key: anyone who can connect can "
+        "run the sampler. Give --api-key-file or $MASKGIT_API_KEYS, or bind 127.0.0.1 behind a proxy."
+    )
 
 
 def check_checkpoints(options: ServeOptions) -> None:
@@ -225,7 +286,12 @@ def start_server(options: ServeOptions, *, ray_address: str | None = None) -> st
     """
     from ray import serve
 
+    from jobs.serve.auth import key_digests
+
     check_checkpoints(options)
+    warning = bind_warning(options.host, keyed=bool(key_digests(options.api_key_file)))
+    if warning:
+        logger.warning(warning)
     connect_ray(ray_address)  # stays up for the app; stop_server() shuts it down
     serve.start(http_options={"host": options.host, "port": options.port})
     serve.run(
@@ -239,14 +305,45 @@ def start_server(options: ServeOptions, *, ray_address: str | None = None) -> st
     return url
 
 
+def _is_ray_process(proc) -> bool:
+    """A process of Ray's node (never another child of this process, such as a test's S3 server)."""
+    import psutil
+
+    try:
+        name, cmdline = proc.name(), proc.cmdline()
+    except psutil.Error:
+        return False
+    return (
+        name.startswith("ray::")
+        or name in ("raylet", "gcs_server")
+        or any("site-packages/ray/" in part for part in cmdline)
+    )
+
+
 def stop_server(*, shutdown_ray: bool = True) -> None:
-    """Shut Serve down (and Ray, when this process started it)."""
+    """Shut Serve down (and Ray, when this process started it), leaving no process of ours behind.
+
+    `ray.shutdown()` stops the GCS and the raylet, but the raylet's dashboard and runtime-env agents
+    can outlive it by many seconds (seen after SIGTERM); every process this one started is waited
+    for briefly, then terminated, by process id.
+    """
+    import psutil  # a Ray dependency
     import ray
     from ray import serve
 
-    serve.shutdown()
+    if ray.is_initialized():  # (nothing to shut down when starting failed before Ray was up)
+        serve.shutdown()
     if shutdown_ray and ray.is_initialized():
+        ours = [proc for proc in psutil.Process().children(recursive=True) if _is_ray_process(proc)]
         ray.shutdown()
+        _, alive = psutil.wait_procs(ours, timeout=3)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(alive, timeout=5)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,19 +374,42 @@ class ServeRun:
 
 
 def run_serve(options: ServeOptions, run: ServeRun) -> str:
-    """Serve `options` until `run.duration` passes or Ctrl-C (at once with `run.detach`); returns the URL."""
-    url = start_server(options, ray_address=run.ray_address)
-    print(f"serving {options.display_name} at {url}  (web page: {url}/, API docs: {url}/docs)", flush=True)
-    if run.detach:
-        return url
+    """Serve `options` until `run.duration` passes, Ctrl-C or SIGTERM (at once with `run.detach`).
+
+    SIGTERM (what systemd, Docker and Kubernetes send) stops like Ctrl-C: Serve, then the Ray this
+    command started, with every process of it, within a few seconds.
+
+    Returns:
+        the base URL.
+    """
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt  # unwinds into the `finally` below, wherever the main thread is
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        url = start_server(options, ray_address=run.ray_address)
+        # ray.init put in its own SIGTERM handlers (Python's sys.exit, and the core worker's crash
+        # handler, which kills the process a few seconds later: mid-shutdown). Ours again:
+        signal.signal(signal.SIGTERM, _terminate)
+        print(f"serving {options.display_name} at {url}  (web page: {url}/, API docs: {url}/docs)",
+              flush=True)  # fmt: skip
+        if run.detach:
+            return url
         deadline = None if run.duration is None else time.monotonic() + run.duration
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopping", flush=True)
+        url = server_url(options)
     finally:
-        stop_server()
+        signal.signal(signal.SIGTERM, previous)
+        if not run.detach:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
+            try:
+                stop_server()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
     return url
 
 
@@ -371,6 +491,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"limit on uploaded image sides ({d.max_image_side})",
     )
     add("--bf16", dest="autocast_bf16", action="store_true", help="bfloat16 autocast")
+    add(
+        "--api-key-file",
+        default=None,
+        help="file of API keys, one per line (also $MASKGIT_API_KEYS, comma-separated): /v1/ routes but "
+        "/v1/health then need 'Authorization: Bearer <key>'",
+    )
     add_ray_address_argument(parser)
     stop = parser.add_mutually_exclusive_group()
     stop.add_argument("--duration", type=float, default=None, help="serve this many seconds, then stop")

@@ -74,9 +74,15 @@ class ContinuousSampler:
                 continue
             try:
                 self.batcher.step()  # blocking, on purpose (see the module docstring)
-            except Exception:  # the batcher fails its own requests; this only guards the loop
-                logger.exception("a continuous batching step failed")
+            except Exception as error:  # the batcher fails its own requests; this guards the loop
+                # Whatever broke, no request may wait for a step that keeps failing: fail them all.
+                failed = self.batcher.fail_all(error)
+                logger.exception("a continuous batching step failed; failed its %d requests", failed)
             await asyncio.sleep(0)  # let arrived requests submit and previews go out
+
+    async def ping(self) -> bool:
+        """Health check: answering at all means the loop is free (a step never blocks for long)."""
+        return True
 
     async def run(self, job: SampleJob) -> JobOutput | JobFailure:
         """Sample `job` among whatever else is running; its output once its own steps are done."""

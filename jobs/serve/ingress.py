@@ -43,9 +43,11 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import fastapi_offline
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -86,6 +88,9 @@ logger = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 10.0
 STATIC_DIR = Path(__file__).with_name("static")
+# Swagger UI's JavaScript and CSS as the fastapi-offline package ships them (kept current with Swagger UI).
+SWAGGER_DIR = Path(fastapi_offline.__file__).with_name("static")
+DOCS_ASSETS = "/docs-assets"
 
 
 class Sampler(Protocol):
@@ -315,6 +320,8 @@ def build_http_app(
         description="Class-conditional generation and inpainting with a MaskGIT transformer + VQGAN. "
         "Concurrent requests share the sampler's forward passes; image i of a request uses seed + i, so "
         "results do not depend on what else runs. Every error answer is JSON. A web page is served at /.",
+        docs_url=None,  # served below from local files: FastAPI's own page loads Swagger UI from a CDN
+        redoc_url=None,
     )
     checker = _RequestChecker(info, options)
     models = deployment_models(options, info)
@@ -479,6 +486,19 @@ def build_http_app(
         return HTMLResponse(page_html.replace('<base href="/">', f'<base href="{html.escape(base)}">'))
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_DIR), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        """Swagger UI from fastapi-offline's copy of its files: works without internet access."""
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            oauth2_redirect_url=None, swagger_ui_parameters={"validatorUrl": None},
+        )  # fmt: skip
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -93,6 +93,9 @@ class ServeOptions(FrozenConfig):
         max_payload_bytes: limit on a request body (413 above it).
         max_image_side: limit on an uploaded image's sides, checked before decoding it.
         storage_options: fsspec options for model paths on object storage (each replica reads them).
+        api_key_file: a file of API keys, one per line (with $MASKGIT_API_KEYS, comma-separated): every
+            `/v1/` route but `/v1/health` then needs `Authorization: Bearer <key>` (jobs/serve/auth.py).
+            Read where the application is built; only the keys' digests reach the replicas.
     """
 
     transformer: str
@@ -118,6 +121,7 @@ class ServeOptions(FrozenConfig):
     max_payload_bytes: int = 8 * 2**20
     max_image_side: int = 2048
     storage_options: dict[str, Any] | None = None
+    api_key_file: str | None = None
     unknown_key_label: ClassVar[str] = "serve option"
 
     def __post_init__(self) -> None:

@@ -7,6 +7,30 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { model: null, mode: "generate", image: null, box: null, drag: null };
+const KEY_ITEM = "maskgit-api-key"; // kept for this tab only (sessionStorage), sent as a bearer token
+
+// ---- API keys: asked for when the server answers 401 ----------------------------------------------
+
+function authHeaders(headers = {}) {
+  const key = sessionStorage.getItem(KEY_ITEM);
+  return key ? { ...headers, Authorization: `Bearer ${key}` } : headers;
+}
+
+function askForKey(message) {
+  const form = $("key-form");
+  form.hidden = false;
+  setStatus(message, true);
+  $("api-key").focus();
+  return new Promise((resolve) => {
+    form.onsubmit = (event) => {
+      event.preventDefault();
+      sessionStorage.setItem(KEY_ITEM, $("api-key").value.trim());
+      form.hidden = true;
+      setStatus("");
+      resolve();
+    };
+  });
+}
 
 // ---- server-sent events over fetch --------------------------------------------------------------
 
@@ -154,20 +178,26 @@ async function run(event) {
   try {
     const response = await fetch(route, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
       body: JSON.stringify(body),
     });
     if (!response.ok) {
       const answer = await response.json();
-      setStatus(answer.error || `HTTP ${response.status}`, true);
+      $("grid").replaceChildren(); // no "waiting…" cards for a request that was refused
+      if (response.status === 401) askForKey(`${answer.error}: enter a key above, then run again`);
+      else setStatus(answer.error || `HTTP ${response.status}`, true);
       return;
     }
     for await (const { event: name, data } of readEvents(response)) {
       if (name === "step") showStep(cells, data);
       else if (name === "result") showResult(cells, data);
-      else if (name === "error") setStatus(data.error, true);
+      else if (name === "error") {
+        $("grid").replaceChildren();
+        setStatus(data.error, true);
+      }
     }
   } catch (error) {
+    $("grid").replaceChildren();
     setStatus(`request failed: ${error}`, true);
   } finally {
     $("run").disabled = false;
@@ -268,10 +298,16 @@ function wireCanvas() {
 // ---- start --------------------------------------------------------------------------------------
 
 async function api(route) {
-  const response = await fetch(route);
-  const answer = await response.json();
-  if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
-  return answer;
+  for (;;) {
+    const response = await fetch(route, { headers: authHeaders() });
+    const answer = await response.json();
+    if (response.status === 401) {
+      await askForKey(`${answer.error}: enter a key above`);
+      continue;
+    }
+    if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+    return answer;
+  }
 }
 
 function selectMode(mode) {
