@@ -35,6 +35,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -133,10 +134,14 @@ class TokenizeSummary(NamedTuple):
 
 def _prepare(task_json: str, *, resolution: int, storage_options, class_map) -> dict[str, Any]:
     """Shard task -> its decoded, resized images (n, R, R, 3) uint8, labels, ids and rejects."""
-    from pipeline.sources import ShardTask, prepare_shard
+    from jobs.node_paths import describe_this_node
+    from pipeline.sources import InputNotVisibleError, ShardTask, prepare_shard
 
     task = ShardTask.from_json(task_json)
-    shard = prepare_shard(task, resolution, storage_options=storage_options, class_map=class_map)
+    try:
+        shard = prepare_shard(task, resolution, storage_options=storage_options, class_map=class_map)
+    except InputNotVisibleError as error:  # say which node: the driver names the flag
+        raise InputNotVisibleError(error.root, error.listed, error.detail, describe_this_node()) from None
     return {
         "index": task.index,
         "images": shard.images,
@@ -258,8 +263,10 @@ def _run_pending(options: TokenizeOptions, actors: list, pending, *, class_map) 
     others; when none would be left, the job fails with an error naming the missing CPUs.
     """
     import ray
-    from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
+    from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
     from tqdm import tqdm
+
+    from pipeline.sources import InputNotVisibleError
 
     so = options.storage_options
     prepare = ray.remote(_prepare).options(num_cpus=_DECODE_CPUS)
@@ -299,6 +306,15 @@ def _run_pending(options: TokenizeOptions, actors: list, pending, *, class_map) 
                     load[flight.actor] -= 1
                     try:
                         index, commit = ray.get(ref)
+                    except RayTaskError as error:
+                        if isinstance(error.cause, InputNotVisibleError):  # not a bad image: a bad --input
+                            raise FileNotFoundError(
+                                f"--input {options.input}: the driver listed {error.cause.listed} files for "
+                                f"shard {flight.task.index} but a worker on {error.cause.where} sees none of "
+                                "them; put the input where every node can read it (s3://..., a shared "
+                                "filesystem)"
+                            ) from None
+                        raise
                     except (RayActorError, ObjectLostError, NodeDiedError, WorkerCrashedError) as error:
                         if flight.resent >= _RESENDS:
                             raise
@@ -404,12 +420,42 @@ def _commit_manifest(
     )
 
 
+def _check_worker_paths(options: TokenizeOptions, plan: _Plan) -> None:
+    """The workers read the listed input and the tokenizer and write the store: on a cluster whose
+    nodes share no filesystem, a local path among them fails here, naming its flag (jobs.node_paths)."""
+    from jobs.node_paths import WorkerPath, check_worker_paths
+
+    check_worker_paths(
+        [
+            *(WorkerPath("--input", source) for source in plan.sources.sources),
+            WorkerPath("--tokenizer", options.tokenizer),
+            WorkerPath("--output", options.output, writes=True),
+        ]
+    )
+
+
+def _refuse_empty_store(options: TokenizeOptions, plan: _Plan, ordered: list[ShardCommit]) -> None:
+    """A store of 0 samples made from a non-empty input is a failure, not a result: raise, naming why
+    (the rejects' reasons) before any manifest makes it look finished."""
+    if plan.sources.num_inputs == 0 or any(commit.shard.num_samples for commit in ordered):
+        return
+    rejects = [reject for commit in ordered for reject in commit.rejects]
+    reasons = ", ".join(f"{n} {reason}" for reason, n in Counter(r["reason"] for r in rejects).most_common())
+    first = f"; the first: {rejects[0]['source']}: {rejects[0]['detail']}" if rejects else ""
+    raise ValueError(
+        f"--input {options.input}: none of its {plan.sources.num_inputs} inputs became an image "
+        f"({reasons or 'no rejects'}){first}; no manifest written, the store {options.output} is not usable"
+    )
+
+
 def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
     """Tokenize `options.input` into the token store at `options.output`, resuming what is committed.
 
     Raises:
-        FileNotFoundError: missing input or tokenizer.
-        ValueError: bad settings, or an existing store begun with other settings (StoreSettingsError).
+        FileNotFoundError: missing input or tokenizer, or (on a cluster whose nodes share no
+            filesystem) a local input, tokenizer or output that a worker's node does not see.
+        ValueError: bad settings, an existing store begun with other settings (StoreSettingsError),
+            or an input of which no file became an image (no manifest is written).
     """
     started = time.perf_counter()
     writer = TokenStoreWriter(options.output, options.storage_options)
@@ -419,6 +465,8 @@ def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
             # A new or unfinished store has work to do: the actors start up while the driver plans.
             actors = stack.enter_context(_tokenizer_actors(options))
         plan = _plan(options)
+        if actors is not None:  # before the plan is pinned: a path only the driver has fails here
+            _check_worker_paths(options, plan)
         tasks = plan.sources.tasks
         writer.ensure_plan(plan.settings)
         commits = _verified_commits(writer, [task.index for task in tasks])
@@ -441,6 +489,7 @@ def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
         raise RuntimeError(f"shards {missing[:10]} produced no commit; rerun the same command to resume")
     commits.update(written)
     ordered = [commits[task.index] for task in tasks]
+    _refuse_empty_store(options, plan, ordered)
     manifest = _commit_manifest(options, plan, writer, ordered)
     seconds = time.perf_counter() - started
     new_images = sum(commit.shard.num_samples for commit in written.values())

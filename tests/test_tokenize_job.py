@@ -212,6 +212,78 @@ def test_bad_files_are_rejected_and_good_images_all_present(
     assert len(tokens) == 30 + len(kept) == summary.images
 
 
+def test_an_input_of_which_no_file_became_an_image_commits_no_manifest(ray_cluster, tiny_tokenizer, tmp_path):
+    from jobs.tokenize import run_tokenize
+
+    _, tokenizer = tiny_tokenizer
+    for name in ("a", "b"):
+        (tmp_path / "in" / name).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "in" / name / f"{i}.png").write_bytes(b"not an image")
+    opts = options(input=str(tmp_path / "in"), output=str(tmp_path / "store"), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"--input .*/in: none of its 6 inputs became an image \(6 "):
+        run_tokenize(opts)
+    assert not (tmp_path / "store" / "manifest.json").exists()
+
+
+def test_an_input_the_workers_do_not_see_fails_naming_flag_path_and_node(
+    ray_cluster, tiny_tokenizer, fashion_mnist_small, tmp_path, monkeypatch
+):
+    """The decode tasks find none of the files the driver listed (here: removed right after planning,
+    which is what a worker on a node without the driver's disk finds): the job fails within seconds
+    with the flag, the path and the node, not with a store of 0 images and every file a reject.
+    tests/test_no_shared_filesystem.py has the real thing (nodes in their own mount namespaces)."""
+    import shutil
+
+    import jobs.tokenize as job
+
+    _, tokenizer = tiny_tokenizer
+    images, labels = fashion_mnist_small
+    root = write_image_folder(images[:12], labels[:12], tmp_path / "in")
+    monkeypatch.setattr(job, "_check_worker_paths", lambda options, plan: shutil.rmtree(root))
+    started = time.monotonic()
+    pattern = (
+        rf"--input {root}: the driver listed 6 files for shard \d but a worker on node 127\.0\.0\.1 \(\w+\) "
+        r"sees none of them; put the input where every node can read it"
+    )
+    with pytest.raises(FileNotFoundError, match=pattern):
+        job.run_tokenize(
+            options(input=str(root), output=str(tmp_path / "store"), tokenizer=tokenizer, shard_size=6)
+        )
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "store" / "manifest.json").exists()
+
+
+def test_worker_path_check_names_the_flag_the_path_and_the_node(ray_cluster, tmp_path, monkeypatch):
+    """jobs.node_paths on this one node, checked as if it were another node of the cluster."""
+    import ray
+
+    from jobs import node_paths
+    from jobs.node_paths import WorkerPath, check_worker_paths
+
+    check_worker_paths([WorkerPath("--store", str(tmp_path / "gone"))])  # no other node: nothing checked
+    here = ray.get_runtime_context().get_node_id()
+    monkeypatch.setattr(node_paths, "_other_nodes", lambda: [{"NodeID": here}])
+    (tmp_path / "model").mkdir()
+    check_worker_paths(
+        [
+            WorkerPath("--tokenizer", str(tmp_path / "model")),
+            WorkerPath("--out", str(tmp_path / "run"), writes=True),
+            WorkerPath("--store", "s3://bucket/store"),  # the same object on every node: not checked
+            WorkerPath("--checkpoint-dir", None, writes=True),
+        ]
+    )
+    assert list((tmp_path / "run").iterdir()) == []  # the probe is gone
+    pattern = rf"--store {tmp_path}/gone: only the driver's node has it, node 127\.0\.0\.1 \(\w+\) of the Ray"
+    with pytest.raises(FileNotFoundError, match=pattern):
+        check_worker_paths(
+            [
+                WorkerPath("--tokenizer", str(tmp_path / "model")),
+                WorkerPath("--store", str(tmp_path / "gone")),
+            ]
+        )
+
+
 def cli_command(input_dir, output, tokenizer, address):
     flags = "--resolution 32 --shard-size 6 --batch-size 2 --flip --format zarr --threads-per-actor 1"
     flags += " --no-progress"

@@ -28,6 +28,7 @@ import numpy as np
 
 from evaluation.metrics import FID_SQRT_METHODS
 from jobs.evaluate.options import EvaluateOptions
+from jobs.node_paths import WorkerPath, check_worker_paths
 from jobs.options import add_ray_address_argument, seed_argument
 from jobs.ray_session import ray_session
 from storage.filesystem import url_to_fs
@@ -166,6 +167,14 @@ def _run_pending(options: EvaluateOptions, resolved: _Resolved, pending: list, l
     from tqdm import tqdm
 
     with ray_session(options.ray_address, num_cpus=options.num_cpus):
+        check_worker_paths(  # the actors read the models and write the output on their own nodes
+            [
+                WorkerPath("--transformer", options.transformer),
+                WorkerPath("--tokenizer", options.tokenizer),
+                WorkerPath("--inception-weights", options.inception_weights),
+                WorkerPath("--output", options.output, writes=True),
+            ]
+        )
         gpus = options.num_gpus_per_worker
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0

@@ -14,6 +14,7 @@ import hashlib
 import logging
 from typing import NamedTuple
 
+from jobs.node_paths import WorkerPath, check_worker_paths
 from jobs.options import (
     add_ray_address_argument,
     add_sampling_arguments,
@@ -124,6 +125,16 @@ def check_tokenizer_fits(config: TrainJobConfig, manifest) -> None:
         )  # fmt: skip
 
 
+def worker_paths(config: TrainJobConfig) -> list[WorkerPath]:
+    """What every training worker reads (store, tokenizer) and writes (run folder, checkpoints)."""
+    return [
+        WorkerPath("--store", config.store),
+        WorkerPath("--tokenizer", config.tokenizer),
+        WorkerPath("--out", config.out, writes=True),
+        WorkerPath("--checkpoint-dir", config.checkpoint_dir, writes=True),
+    ]
+
+
 def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> TrainSummary:
     """Train (or resume) a run and export its weights; returns where the results are.
 
@@ -161,6 +172,7 @@ def run_training(config: TrainJobConfig, *, ray_address: str | None = None) -> T
     )
     # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
     with ray_session(ray_address, dashboard=True):
+        check_worker_paths(worker_paths(config))  # before any worker builds its engine
         trainer.fit()
     export_dir = f"{config.out.rstrip('/')}/export"
     # The store's class names travel with the weights; classes the store lacks are named by their id.
