@@ -2,11 +2,14 @@
 
 The run directory may be local or on object storage. Files are written to a local directory first
 (the run directory itself when it is local) and copied to the object store at every log and at the
-end, so a run on a cluster leaves its metrics and pictures next to its checkpoints.
+end, so a run on a cluster leaves its metrics and pictures next to its checkpoints. The local staging
+directory of a remote run is a temp dir that `close()` removes, on success and on failure alike (after a
+last copy to the run directory): nothing of a run stays in $TMPDIR.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import tempfile
@@ -16,7 +19,13 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from jobs.train.config import TrainJobConfig
-from jobs.train.metrics_log import MetricsLog, plot_loss_curve, read_metrics
+from jobs.train.metrics_log import (
+    MetricsLog,
+    describe_step_time,
+    plot_loss_curve,
+    read_metrics,
+    step_time_breakdown,
+)
 from storage.filesystem import url_to_fs
 
 logger = logging.getLogger(__name__)
@@ -29,13 +38,15 @@ class RunOutputs:
         self.config = config
         self.fs, self.remote_root = url_to_fs(config.out, config.storage_options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
-        self.local_dir = Path(config.out) if self.is_local else Path(tempfile.mkdtemp(prefix="maskgit-run-"))
+        self._staging = None if self.is_local else tempfile.TemporaryDirectory(prefix="maskgit-run-")
+        self.local_dir = Path(config.out) if self._staging is None else Path(self._staging.name)
         self.local_dir.mkdir(parents=True, exist_ok=True)
         if not self.is_local and self.fs.exists(f"{self.remote_root}/metrics.jsonl"):
             # Resuming on another machine: keep the metrics written before the interruption.
             self.fs.get_file(f"{self.remote_root}/metrics.jsonl", str(self.local_dir / "metrics.jsonl"))
         self.metrics = MetricsLog(self.local_dir)
         self.bar = None
+        self.finished = False
 
     def start_progress(self, initial: int, total: int) -> None:
         from tqdm.auto import tqdm
@@ -82,8 +93,29 @@ class RunOutputs:
         self.metrics.close()
         records = read_metrics(self.metrics.path)
         png = plot_loss_curve(records, self.local_dir / "loss_curve.png") if records else None
+        breakdown = step_time_breakdown(records)
+        if breakdown:  # where rank 0's step time went (jobs.train.worker.PHASES)
+            (self.local_dir / "step_time.json").write_text(json.dumps(breakdown, indent=1))
+            logger.info("%s (rank 0; step_time.json)", describe_step_time(breakdown))
         self.sync()
+        self.finished = True
         return png
+
+    def close(self) -> None:
+        """Release the logs and remove a remote run's local staging dir; safe after `finish()` and after a
+        failure (then the files logged so far are copied to the run directory first, if it is reachable)."""
+        if self.bar is not None:
+            self.bar.close()
+        self.metrics.close()
+        if self._staging is None:
+            return
+        try:
+            if not self.finished:
+                self.sync()
+        except Exception as error:  # a failing run's own error matters more than its last metrics copy
+            logger.warning("could not copy the run's logs to %s: %s", self.config.out, error)
+        finally:
+            self._staging.cleanup()
 
 
 def sample_grid_pipeline(module: torch.nn.Module, config: TrainJobConfig):

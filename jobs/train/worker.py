@@ -14,12 +14,14 @@ long as the micro-batch size is unchanged (the gradient accumulation absorbs the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -98,6 +100,34 @@ class _Timer:
         return elapsed
 
 
+# Where a training step's time goes, logged per step with the metrics (`seconds_<phase>`): waiting for
+# the loader, the forward and loss, the backward (with ZeRO-1/2 gradient reduction where DeepSpeed
+# runs it there), the optimizer step (with ZeRO's reduction or parameter all-gather where it runs
+# there), and the rank-0 work around steps: metrics reduction and logging, sample grids, checkpoints.
+PHASES = ("data", "forward", "backward", "optimizer", "logging", "grids", "checkpoint")
+
+
+class _PhaseClock:
+    """Seconds spent in each of `PHASES` since the last `take()`."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def take(self, steps: float) -> dict[str, float]:
+        """Mean seconds per step of each phase over the window just ended, then start a new window."""
+        taken = {f"seconds_{name}": value / max(steps, 1.0) for name, value in self.seconds.items()}
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        return taken
+
+
 class _Worker(NamedTuple):
     """One worker's training state once set up (and restored from the latest checkpoint)."""
 
@@ -106,7 +136,7 @@ class _Worker(NamedTuple):
     device: torch.device
     model_config: Any  # transformer.config.TransformerConfig or HaltonConfig
     store: CheckpointStore
-    work_dir: Path  # local scratch for checkpoint upload/download
+    work_dir: Path  # local scratch for checkpoint upload/download (a temp dir `train_loop` removes)
     engine: Any  # deepspeed.DeepSpeedEngine
     ema: Any  # jobs.train.ema.WeightEMA or None
     grids: Any  # the sample-grid pipeline (jobs.train.outputs) or None without a tokenizer
@@ -115,7 +145,7 @@ class _Worker(NamedTuple):
     outputs: Any  # jobs.train.outputs.RunOutputs on rank 0, None elsewhere
 
 
-def _start_worker(config: TrainJobConfig) -> _Worker:
+def _start_worker(config: TrainJobConfig, work_dir: Path) -> _Worker:
     """Join the process group, build the engine, restore the latest checkpoint and open the loader."""
     import ray.train
 
@@ -132,7 +162,6 @@ def _start_worker(config: TrainJobConfig) -> _Worker:
 
     model_config = model_config_for(config)
     store = CheckpointStore(config.checkpoint_uri, config.storage_options)
-    work_dir = Path(tempfile.mkdtemp(prefix=f"maskgit-train-r{rank}-"))
     resume_step = store.latest_step()
     resume_meta = store.read_meta(resume_step) if resume_step is not None else None
     universal = resume_meta is not None and resume_meta.world_size != world
@@ -180,10 +209,12 @@ def _train_steps(config: TrainJobConfig, w: _Worker) -> int:
 
     tokens_per_step = config.global_batch_size * w.model_config.num_tokens
     timer, window = _Timer(), {"loss": 0.0, "masked_accuracy": 0.0, "count": 0}
+    clock = _PhaseClock()
     latest_metrics: dict[str, float] = {}
     step, batches = w.step, iter(_endless(w.loader))
     while step < config.steps:
-        batch = next(batches)
+        with clock.phase("data"):
+            batch = next(batches)
         loss_sum, accuracy_sum, micro_batches = optimizer_step(
             w.engine,
             batch.tokens.to(w.device, non_blocking=True),
@@ -192,6 +223,7 @@ def _train_steps(config: TrainJobConfig, w: _Worker) -> int:
             mask_token_id=w.model_config.mask_token_id,
             step=step,
             rank=w.rank,
+            clock=clock,
         )
         window["loss"] += loss_sum
         window["masked_accuracy"] += accuracy_sum
@@ -200,25 +232,32 @@ def _train_steps(config: TrainJobConfig, w: _Worker) -> int:
         if w.ema is not None:
             w.ema.update()
         if step % config.log_every == 0 or step == config.steps:
-            metrics = _reduce_window(window, w.device)
-            elapsed = timer.lap()
-            metrics.update(
-                lr=w.engine.get_lr()[0],
-                grad_norm=float(w.engine.get_global_grad_norm() or 0.0),
-                tokens_per_s=tokens_per_step * metrics.pop("steps") / max(elapsed, 1e-9),
-                epoch=float(w.loader.state_dict().get("epoch", 0)),
-            )
-            window = {"loss": 0.0, "masked_accuracy": 0.0, "count": 0}
-            latest_metrics = metrics
-            if w.outputs is not None:
-                w.outputs.log(step, metrics)
+            with clock.phase("logging"):
+                metrics = _reduce_window(window, w.device)
+                elapsed = timer.lap()
+                steps_in_window = metrics.pop("steps")
+                metrics.update(
+                    lr=w.engine.get_lr()[0],
+                    grad_norm=float(w.engine.get_global_grad_norm() or 0.0),
+                    tokens_per_s=tokens_per_step * steps_in_window / max(elapsed, 1e-9),
+                    epoch=float(w.loader.state_dict().get("epoch", 0)),
+                    **clock.take(steps_in_window),  # this rank's; rank 0 logs them
+                )
+                window = {"loss": 0.0, "masked_accuracy": 0.0, "count": 0}
+                latest_metrics = metrics
+                if w.outputs is not None:
+                    w.outputs.log(step, metrics)
         elif w.outputs is not None:
             w.outputs.advance(step)
         if config.sample_every and step % config.sample_every == 0 and config.tokenizer:
-            write_sample_grid(w.grids, step, w.outputs)
+            with clock.phase("grids"):
+                write_sample_grid(w.grids, step, w.outputs)
         if step % config.checkpoint_every == 0 or step == config.steps:
-            state = w.loader.state_dict()
-            _save(w.engine, w.ema, w.store, config, w.model_config, step, state, w.work_dir, w.rank, w.world)
+            with clock.phase("checkpoint"):
+                state = w.loader.state_dict()
+                _save(
+                    w.engine, w.ema, w.store, config, w.model_config, step, state, w.work_dir, w.rank, w.world
+                )
             # Ray gets the metrics at checkpoints only (its per-report log line is loud).
             ray.train.report({"step": step, **latest_metrics})
     return step
@@ -232,14 +271,21 @@ def train_loop(config_dict: dict) -> None:
 
     _quiet_worker_warnings()
     config = TrainJobConfig.from_dict(config_dict)
-    worker = _start_worker(config)
-    step = _train_steps(config, worker)
-    if config.tokenizer and not (config.sample_every and step % config.sample_every == 0):
-        write_sample_grid(worker.grids, step, worker.outputs)  # the grid of the final weights
-    dist.barrier()
-    if worker.outputs is not None:
-        worker.outputs.finish()
-    shutil.rmtree(worker.work_dir, ignore_errors=True)
+    # Checkpoint scratch and a remote run's staging dir go on success and on failure alike: what a
+    # failed run leaves for its user is in the run directory (metrics so far) and the Ray job's logs.
+    with tempfile.TemporaryDirectory(prefix="maskgit-train-") as scratch:
+        worker = None
+        try:
+            worker = _start_worker(config, Path(scratch))
+            step = _train_steps(config, worker)
+            if config.tokenizer and not (config.sample_every and step % config.sample_every == 0):
+                write_sample_grid(worker.grids, step, worker.outputs)  # the grid of the final weights
+            dist.barrier()
+            if worker.outputs is not None:
+                worker.outputs.finish()
+        finally:
+            if worker is not None and worker.outputs is not None:
+                worker.outputs.close()
 
 
 def build_engine(config: TrainJobConfig, model_config, *, load_universal: bool = False):
@@ -280,35 +326,41 @@ def optimizer_step(
     mask_token_id: int,
     step: int,
     rank: int,
+    clock: _PhaseClock | None = None,
 ) -> tuple[float, float, int]:
     """One optimizer step on this rank's share of a global batch, micro-batch by micro-batch.
 
     Args:
         engine: the DeepSpeed engine (steps the optimizer at the accumulation boundary).
         tokens: LongTensor[b, h, w], b = micro_batch_size · grad_accum_steps; labels LongTensor[b].
+        clock: where the forward, backward and optimizer seconds are added (None: not timed).
 
     Returns:
         (sum of micro-batch losses, sum of masked-token accuracies, number of micro-batches).
     """
     from transformer.objective import masked_token_loss
 
+    clock = clock or _PhaseClock()
     loss_sum, accuracy_sum = 0.0, 0.0
     chunks = list(zip(tokens.chunk(config.grad_accum_steps), labels.chunk(config.grad_accum_steps)))
     for micro, (micro_tokens, micro_labels) in enumerate(chunks):
-        result = masked_token_loss(
-            engine,
-            micro_tokens,
-            micro_labels,
-            generator=_seeded(config, step, rank * config.grad_accum_steps + micro, tokens.device),
-            schedule=config.schedule,
-            mask_mode=config.mask_mode,
-            loss_on=config.loss_on,
-            label_smoothing=config.label_smoothing,
-            label_drop=config.label_drop,
-            mask_token_id=mask_token_id,
-        )
-        engine.backward(result.loss)
-        engine.step()
+        with clock.phase("forward"):
+            result = masked_token_loss(
+                engine,
+                micro_tokens,
+                micro_labels,
+                generator=_seeded(config, step, rank * config.grad_accum_steps + micro, tokens.device),
+                schedule=config.schedule,
+                mask_mode=config.mask_mode,
+                loss_on=config.loss_on,
+                label_smoothing=config.label_smoothing,
+                label_drop=config.label_drop,
+                mask_token_id=mask_token_id,
+            )
+        with clock.phase("backward"):
+            engine.backward(result.loss)
+        with clock.phase("optimizer"):
+            engine.step()
         loss_sum += float(result.loss.detach())
         accuracy_sum += float(torch.nan_to_num(result.masked_accuracy, 0.0))
     return loss_sum, accuracy_sum, len(chunks)
@@ -380,24 +432,28 @@ def _restore(engine, ema, store, meta: CheckpointMeta, work_dir: Path, *, rank, 
     # One download (and conversion) per node, shared by that node's ranks.
     run_key = hashlib.sha256(store.uri.encode()).hexdigest()[:12]
     node_dir = Path(tempfile.gettempdir()) / f"maskgit-resume-{run_key}-{meta.step}"
-    if local_rank == 0:
-        step_dir = store.download(meta.step, node_dir)
+    try:
+        if local_rank == 0:
+            step_dir = store.download(meta.step, node_dir)
+            if universal:
+                convert_to_universal(step_dir, node_dir / "universal-root")
+        dist.barrier()
+        step_dir = node_dir / step_dirname(meta.step)
         if universal:
-            convert_to_universal(step_dir, node_dir / "universal-root")
-    dist.barrier()
-    step_dir = node_dir / step_dirname(meta.step)
-    if universal:
-        logger.info("resuming step %d saved by %d workers on a new world size", meta.step, meta.world_size)
-        load_path, _ = engine.load_checkpoint(str(node_dir / "universal-root"))
-    else:
-        load_path, _ = engine.load_checkpoint(str(node_dir), tag=step_dirname(meta.step))
-    if load_path is None:
-        raise ValueError(f"DeepSpeed could not load checkpoint {store.uri}/{step_dirname(meta.step)}")
-    if ema is not None:
-        ema_file = step_dir / "ema.safetensors"
-        if meta.has_ema and ema_file.is_file():
-            ema.load_full_state_dict(load_file(str(ema_file)))
-    dist.barrier()
-    if local_rank == 0:
-        shutil.rmtree(node_dir, ignore_errors=True)
+            logger.info(
+                "resuming step %d saved by %d workers on a new world size", meta.step, meta.world_size
+            )
+            load_path, _ = engine.load_checkpoint(str(node_dir / "universal-root"))
+        else:
+            load_path, _ = engine.load_checkpoint(str(node_dir), tag=step_dirname(meta.step))
+        if load_path is None:
+            raise ValueError(f"DeepSpeed could not load checkpoint {store.uri}/{step_dirname(meta.step)}")
+        if ema is not None:
+            ema_file = step_dir / "ema.safetensors"
+            if meta.has_ema and ema_file.is_file():
+                ema.load_full_state_dict(load_file(str(ema_file)))
+        dist.barrier()
+    finally:  # also when loading fails: no download stays in $TMPDIR
+        if local_rank == 0:
+            shutil.rmtree(node_dir, ignore_errors=True)
     return meta.step, meta.loader_state
