@@ -133,7 +133,7 @@ def test_document_states_the_deployment_bounds(api):
         assert prompt.is_valid(text), text
     for text in ("sneakers", "07", "+7", "10", "ankle-boot", ""):
         assert not prompt.is_valid(text), text
-    assert images["size"]["anyOf"][0]["const"] == "32x32"
+    assert images["size"]["anyOf"][0]["enum"] == ["32x32", "auto"]  # OpenAI's "auto": the model's size
     stream = document["paths"]["/v1/generate"]["post"]["responses"]["200"]["content"]
     assert {"application/json", "text/event-stream"} <= set(stream)
 

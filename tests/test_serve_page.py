@@ -169,7 +169,7 @@ def test_a_refused_request_leaves_no_placeholders(page):
     page.problems.clear()  # the browser logs the refused request's 422 as a console error
 
 
-def test_the_page_asks_for_a_key_when_the_server_needs_one(models):
+def test_the_page_asks_for_a_key_when_the_server_needs_one(models, page):
     from jobs.serve.auth import digest
     from jobs.serve.continuous import ContinuousSampler
     from jobs.serve.engine import SamplerEngine
@@ -178,7 +178,9 @@ def test_the_page_asks_for_a_key_when_the_server_needs_one(models):
     engine = SamplerEngine(models.transformer, models.tokenizer, name="tiny-fashion", device="cpu")
     sampler = ContinuousSampler(engine, max_rows=16)
     app = build_http_app(sampler, {**engine.info(), "batching": "continuous"}, models, [digest("sk-page")])
-    with local_app(app) as url, _browser_page(f"{url}/") as page:
+    with local_app(app) as url:
+        page = page.context.browser.new_page(viewport={"width": 1000, "height": 640})  # a tab of its own
+        page.goto(f"{url}/")
         page.wait_for_selector("#key-form:not([hidden])", timeout=60_000)
         assert "requires an API key" in page.inner_text("#status")
         page.fill("#api-key", "sk-page")
@@ -190,3 +192,4 @@ def test_the_page_asks_for_a_key_when_the_server_needs_one(models):
         page.click("#run")
         page.wait_for_selector("#grid[data-done=true]", timeout=120_000)
         assert page.locator("#grid img.final").count() == 1
+        page.close()
