@@ -139,3 +139,15 @@ def local_app(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def sse_events(reply) -> list[tuple[str, dict]]:
+    """(event, data) of a text/event-stream answer (a `requests.Response`), in order."""
+    import json
+
+    events = []
+    for block in reply.text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    return events

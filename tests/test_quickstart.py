@@ -14,21 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.quickstart.command import Quickstart, QuickstartOptions
+from jobs.quickstart.command import STAGES, Quickstart, QuickstartOptions
 
 pytestmark = [pytest.mark.ray, pytest.mark.deepspeed, pytest.mark.slow]
-
-STAGES = (
-    "data",
-    "classifier",
-    "tokenizer",
-    "tokenize",
-    "train",
-    "sample",
-    "fid_stats",
-    "evaluate",
-    "ablation",
-)
 
 
 def test_reduced_quickstart_produces_every_output_and_reuses_finished_stages(tmp_path, capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from serve_helpers import free_port, serve_app, train_tiny_models
+from serve_helpers import free_port, serve_app, sse_events, train_tiny_models
 
 pytestmark = pytest.mark.ray
 
@@ -69,14 +68,6 @@ def _png(text: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _events(reply: requests.Response) -> list[tuple[str, dict]]:
-    """(event, data) of a text/event-stream answer, in order."""
-    events = []
-    for block in reply.text.replace("\r\n", "\n").split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if fields:
-            events.append((fields["event"], json.loads(fields["data"])))
-    return events
 
 
 def test_schemathesis_finds_no_disagreement(api, tmp_path):
@@ -200,7 +191,7 @@ def test_streamed_generate_and_inpaint(api):
     plain = _post(api, "/v1/generate", body).json()
     reply = _post(api, "/v1/generate", {**body, "stream": True, "previews": "images"}, stream=True)
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
-    events = _events(reply)
+    events = sse_events(reply)
     names = [name for name, _ in events]
     assert names == ["step"] * 4 + ["result"], names
     masked = [sum(map(sum, step["images"][0]["masked"])) for _, step in events[:4]]
@@ -211,7 +202,7 @@ def test_streamed_generate_and_inpaint(api):
     assert [i["png"] for i in result["images"]] == [i["png"] for i in plain["images"]]  # same images
     # Without image previews a step carries the token grid only; an invalid request is refused before
     # any stream starts.
-    tokens_only = _events(_post(api, "/v1/generate", {**body, "stream": True}, stream=True))
+    tokens_only = sse_events(_post(api, "/v1/generate", {**body, "stream": True}, stream=True))
     assert tokens_only[0][1]["images"][0]["png"] is None
     assert np.array(tokens_only[0][1]["images"][0]["tokens"]).shape == (8, 8)
     bad = _post(api, "/v1/generate", {"class_id": 12, "stream": True})
@@ -220,7 +211,7 @@ def test_streamed_generate_and_inpaint(api):
     image = base64.b64encode(_png_bytes(api.models.images[4])).decode()
     edit = {"image": image, "box": {"top": 8, "left": 8, "height": 8, "width": 8}, "class_id": 1, "seed": 2}
     plain_edit = _post(api, "/v1/inpaint", edit).json()
-    streamed = _events(_post(api, "/v1/inpaint", {**edit, "stream": True}, stream=True))
+    streamed = sse_events(_post(api, "/v1/inpaint", {**edit, "stream": True}, stream=True))
     assert [name for name, _ in streamed][-1] == "result" and len(streamed) >= 2
     assert streamed[-1][1]["images"][0]["png"] == plain_edit["images"][0]["png"]
     # Only the region (tokens 1..4 × 1..4: the box widened by the margin) is ever masked.

@@ -8,7 +8,6 @@ The first tests serve the ingress's FastAPI app in this process (uvicorn, no Ray
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 import requests
-from serve_helpers import free_port, local_app, train_tiny_models
+from serve_helpers import free_port, local_app, sse_events, train_tiny_models
 
 from jobs.serve.app import bind_warning
 from jobs.serve.continuous import ContinuousSampler
@@ -53,13 +52,6 @@ def url(models):
         yield base
 
 
-def _events(reply: requests.Response) -> list[tuple[str, dict]]:
-    events = []
-    for block in reply.text.replace("\r\n", "\n").split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if fields:
-            events.append((fields["event"], json.loads(fields["data"])))
-    return events
 
 
 def test_a_failing_step_fails_its_requests_and_the_loop_keeps_serving(url, monkeypatch, caplog):
@@ -76,7 +68,7 @@ def test_a_failing_step_fails_its_requests_and_the_loop_keeps_serving(url, monke
     body = {"class_id": 3, "count": 2, "seed": 1, "steps": 2, "stream": True}
     streamed = requests.post(f"{url}/v1/generate", json=body, timeout=120)
     assert streamed.status_code == 200
-    assert _events(streamed) == [
+    assert sse_events(streamed) == [
         ("error", {"error": "the sampler failed; see the server log", "details": [], "status": 500})
     ]
     after = requests.post(f"{url}/v1/generate", json={**body, "stream": False}, timeout=120)
