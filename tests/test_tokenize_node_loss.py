@@ -12,117 +12,25 @@ head running, and the killed node must be one of this test's own.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from conftest import RayHeadCluster
+from ray_cluster import WorkerNode, local_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-# `ray start` for a worker node on 127.0.0.1. Ray refuses a second node while
-# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the setting that keeps the head on 127.0.0.1), and without it
-# rewrites 127.0.0.1 to the machine's public address, where the head does not listen: so the worker's
-# `ray start` keeps 127.0.0.1 as given.
-_WORKER_START = (
-    "import sys, ray._private.services as services\n"
-    "services.resolve_ip_for_localhost = lambda host: host\n"
-    "from ray.scripts.scripts import main\n"
-    "sys.argv[0] = 'ray'\n"
-    "main()\n"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class WorkerNode:
-    """A `ray start --address=<head>` worker node on 127.0.0.1 with its own temp dir; killed by its PIDs."""
-
-    def __init__(self, head: RayHeadCluster, num_cpus: int):
-        self.temp_dir = tempfile.mkdtemp(prefix="rw", dir="/tmp")
-        self.node_manager_port = _free_port()
-        env = {k: v for k, v in head.env.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
-        ports = {
-            "--node-manager-port": self.node_manager_port,
-            **{
-                flag: _free_port()
-                for flag in (
-                    "--object-manager-port",
-                    "--dashboard-agent-listen-port",
-                    "--dashboard-agent-grpc-port",
-                    "--metrics-export-port",
-                    "--runtime-env-agent-port",
-                )
-            },
-        }
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _WORKER_START,
-                "start",
-                f"--address={head.address}",
-                "--node-ip-address=127.0.0.1",
-                f"--num-cpus={num_cpus}",
-                "--num-gpus=0",
-                f"--temp-dir={self.temp_dir}",
-                "--disable-usage-stats",
-                *(f"{flag}={port}" for flag, port in ports.items()),
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-
-    def processes(self) -> list:
-        import psutil
-
-        found = []
-        for proc in psutil.process_iter(["cmdline"]):
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                if any(self.temp_dir in part for part in proc.info["cmdline"] or []):
-                    found.append(proc)
-        return found
-
-    def kill(self) -> None:
-        """Lose the node: SIGKILL every process of it (raylet, agents, its workers)."""
-        import psutil
-
-        for proc in self.processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGKILL)
 
 
 @pytest.fixture
 def three_nodes():
     """Head with 0 CPUs + two 2-CPU worker nodes, all on 127.0.0.1; every process stopped at the end."""
     # The job's processes import this checkout whatever the venv's install of it lists.
-    head = RayHeadCluster(env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])}, num_cpus=0)
-    workers: list[WorkerNode] = []
-    try:
-        head.start()
-        workers.extend(WorkerNode(head, num_cpus=2) for _ in range(2))
+    with local_cluster({"PYTHONPATH": str(Path(__file__).resolve().parents[1])}) as (head, workers):
         yield head, workers
-    finally:
-        for worker in workers:
-            worker.kill()
-        head.stop()
-        import shutil
-
-        for worker in workers:
-            shutil.rmtree(worker.temp_dir, ignore_errors=True)
 
 
 def _actor_nodes(head: RayHeadCluster) -> set[str]:
