@@ -38,6 +38,7 @@ class WorkerPath(NamedTuple):
     flag: str  # "--input"
     url: str | None  # None or "": not used by this run
     writes: bool = False  # the workers write there (and the driver reads what they wrote)
+    given: str | None = None  # the flag's value, where `url` is one of the paths it expanded to
 
 
 def describe_this_node() -> str:
@@ -128,14 +129,15 @@ def check_worker_paths(paths: Sequence[WorkerPath], *, timeout_s: float = CHECK_
                 continue
             if missing:
                 path = expected[missing[0]]
+                named = f"{path.flag} {path.given or path.url}"
                 if path.writes:
                     raise FileNotFoundError(
-                        f"{path.flag} {path.url}: the workers on {node} would write to a folder of that "
+                        f"{named}: the workers on {node} would write to a folder of that "
                         "name on their own disk, which the driver's node does not see (the nodes share no "
                         f"filesystem); {WHERE_EVERY_NODE_SEES} and write it"
                     )
                 raise FileNotFoundError(
-                    f"{path.flag} {path.url}: only the driver's node has it, {node} of the Ray cluster "
+                    f"{named}: only the driver's node has it, {node} of the Ray cluster "
                     f"does not see it (the nodes share no filesystem); {WHERE_EVERY_NODE_SEES}"
                 )
     finally:
