@@ -127,6 +127,7 @@ class TokenizeSummary(NamedTuple):
     seconds: float
     images_per_s: float  # images tokenized by this run / seconds
     manifest: StoreManifest
+    devices: tuple[str, ...] = ()  # the devices the tokenizer actors encoded on ("cpu", "cuda:0")
 
 
 # --- pipeline stages (run in Ray workers) ---------------------------------------------------------
@@ -427,7 +428,7 @@ def _check_worker_paths(options: TokenizeOptions, plan: _Plan) -> None:
 
     check_worker_paths(
         [
-            *(WorkerPath("--input", source) for source in plan.sources.sources),
+            *(WorkerPath("--input", source, given=options.input) for source in plan.sources.sources),
             WorkerPath("--tokenizer", options.tokenizer),
             WorkerPath("--output", options.output, writes=True),
         ]
@@ -479,11 +480,12 @@ def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
             len(commits),
             len(pending),
         )
-        written = {}
+        written, devices = {}, ()
         if pending:
             if actors is None:
                 actors = stack.enter_context(_tokenizer_actors(options))
             written = _run_pending(options, actors, pending, class_map=plan.class_map)
+            devices = _actor_devices(actors)
     missing = [task.index for task in pending if task.index not in written]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} produced no commit; rerun the same command to resume")
@@ -504,7 +506,19 @@ def run_tokenize(options: TokenizeOptions) -> TokenizeSummary:
         seconds=seconds,
         images_per_s=new_images / seconds if seconds > 0 else 0.0,
         manifest=manifest,
+        devices=devices,
     )
+
+
+def _actor_devices(actors: list) -> tuple[str, ...]:
+    """The devices the live tokenizer actors encode on (an actor lost with its node is left out)."""
+    import ray
+
+    devices = set()
+    for actor in actors:
+        with contextlib.suppress(ray.exceptions.RayError):
+            devices.add(ray.get(actor.device_name.remote(), timeout=60))
+    return tuple(sorted(devices))
 
 
 # --- command line ---------------------------------------------------------------------------------

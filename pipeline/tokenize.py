@@ -102,6 +102,12 @@ class TokenizeBatch:
                 out[start : start + count] = ids.reshape(self.num_views, count, h, w).transpose(1, 0, 2, 3)
         return out
 
+    def device_name(self) -> str:
+        """The device this instance encodes on ("cpu", "cuda:0"): what a Ray actor of it reports."""
+        if self.device.type == "cpu":
+            return "cpu"
+        return f"{self.device.type}:{self.device.index or 0}"
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Replace `batch["images"]` (B, R, R, 3) uint8 by `batch["tokens"]` (B, V, h, w) uint16.
 

@@ -144,12 +144,14 @@ def test_ray_schedules_a_tokenize_actor_on_the_gpu(folders, fashion_mnist_small,
     folder = write_image_folder(images[:64], labels[:64], tmp_path / "images")
     ray.init(address="local", num_gpus=1, include_dashboard=False)
     try:
-        run_tokenize(TokenizeOptions(input=str(folder), output=str(tmp_path / "store"),
-                                     tokenizer=str(folders / "tokenizer"), resolution=32, shard_size=32,
-                                     num_gpus_per_actor=1, progress=False))  # fmt: skip
+        options = TokenizeOptions(input=str(folder), output=str(tmp_path / "store"),
+                                  tokenizer=str(folders / "tokenizer"), resolution=32, shard_size=32,
+                                  num_gpus_per_actor=1, progress=False)  # fmt: skip
+        summary = run_tokenize(options)
     finally:
         ray.shutdown()
     assert open_token_store(str(tmp_path / "store")).manifest.num_samples == 64
+    assert summary.devices == ("cuda:0",)  # the actor Ray placed on the GPU encoded there
 
 
 @_needs("ray")

@@ -143,6 +143,7 @@ def test_job_tokenizes_every_input_kind(
         )
     )
     assert summary.images == 90 and summary.rejects == 0 and summary.shards_written == summary.shards
+    assert summary.devices == ("cpu",)  # the actors report where they encoded (CUDA: tests/test_gpu.py)
     store, tokens, got_labels, ids = read_store(output, so if store_s3 else None)
     order = [original_index(kind, i) for i in ids]
     assert sorted(order) == list(range(90))  # every image exactly once
