@@ -269,6 +269,8 @@ def _run_pending(options: TokenizeOptions, actors: list, pending, *, class_map) 
 
     from pipeline.sources import InputNotVisibleError
 
+    lost_kinds = (RayActorError, ObjectLostError, NodeDiedError, WorkerCrashedError)  # node, actor or object
+
     so = options.storage_options
     prepare = ray.remote(_prepare).options(num_cpus=_DECODE_CPUS)
     write = ray.remote(_write).options(num_cpus=0.1)  # I/O bound: leaves the cores to decoding, encoding
@@ -307,17 +309,19 @@ def _run_pending(options: TokenizeOptions, actors: list, pending, *, class_map) 
                     load[flight.actor] -= 1
                     try:
                         index, commit = ray.get(ref)
-                    except RayTaskError as error:
-                        if isinstance(error.cause, InputNotVisibleError):  # not a bad image: a bad --input
+                    except (RayTaskError, *lost_kinds) as error:
+                        # A task whose input was lost (the actor's node died) raises a RayTaskError that
+                        # is also an instance of the loss (ray.get's `as_instanceof_cause`).
+                        cause = error.cause if isinstance(error, RayTaskError) else error
+                        if isinstance(cause, InputNotVisibleError):  # not a bad image: a bad --input
                             raise FileNotFoundError(
-                                f"--input {options.input}: the driver listed {error.cause.listed} files for "
-                                f"shard {flight.task.index} but a worker on {error.cause.where} sees none of "
+                                f"--input {options.input}: the driver listed {cause.listed} files for "
+                                f"shard {flight.task.index} but a worker on {cause.where} sees none of "
                                 "them; put the input where every node can read it (s3://..., a shared "
                                 "filesystem)"
                             ) from None
-                        raise
-                    except (RayActorError, ObjectLostError, NodeDiedError, WorkerCrashedError) as error:
-                        if flight.resent >= _RESENDS:
+                        lost = isinstance(error, lost_kinds) or isinstance(cause, lost_kinds)
+                        if not lost or flight.resent >= _RESENDS:
                             raise
                         log.warning(
                             "shard %d lost (%s); sending it again", flight.task.index, type(error).__name__

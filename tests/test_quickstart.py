@@ -87,6 +87,6 @@ def test_reduced_quickstart_produces_every_output_and_reuses_finished_stages(tmp
     capsys.readouterr()
     again = Quickstart(dataclasses.replace(options, serve=False)).run()
     printed = capsys.readouterr().out
-    for stage in STAGES:
-        assert f"[{stage}] reusing the finished stage" in printed
+    for place, stage in enumerate(STAGES, start=1):  # each stage names its place in the run
+        assert f"[{place}/{len(STAGES)} {stage}] reusing the finished stage" in printed
     assert again["train"] == results["train"]
