@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import fsspec
@@ -40,6 +40,7 @@ from pipeline.shard_codec import (
 from storage.commit import pin_plan, read_json, read_verified, sha256_hex, write_committed
 from storage.filesystem import url_to_fs
 from storage.hedging import read_object
+from weights.config_base import FrozenConfig
 
 __all__ = [
     "FORMAT_VERSION",
@@ -90,25 +91,26 @@ class ShardChecksumError(StoreError):
 
 
 @dataclass(frozen=True)
-class ShardInfo:
+class ShardInfo(FrozenConfig):
     """One shard object: `path` relative to the store root, its sample count, sha256 and size."""
+
+    unknown_key_label = "shard record field"
 
     path: str
     num_samples: int
     sha256: str
     bytes: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ShardInfo:
-        return cls(str(data["path"]), int(data["num_samples"]), str(data["sha256"]), int(data["bytes"]))
-
 
 @dataclass(frozen=True)
-class StoreManifest:
-    """Everything a reader needs to trust and interpret the shards (`manifest.json`)."""
+class StoreManifest(FrozenConfig):
+    """Everything a reader needs to trust and interpret the shards (`manifest.json`).
+
+    Its JSON is `to_dict()` plus `num_samples` (the sum over shards, which `from_dict` checks); an
+    unknown key is an error that names it, as in every config of ours.
+    """
+
+    unknown_key_label = "manifest field"
 
     store_format: str
     codebook_size: int
@@ -138,16 +140,7 @@ class StoreManifest:
         return sum(shard.num_samples for shard in self.shards)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(
-            grid=list(self.grid),
-            views=list(self.views),
-            class_names=list(self.class_names),
-            sources=list(self.sources),
-            shards=[shard.to_dict() for shard in self.shards],
-            num_samples=self.num_samples,
-        )
-        return data
+        return {**super().to_dict(), "num_samples": self.num_samples}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoreManifest:
@@ -156,27 +149,29 @@ class StoreManifest:
             raise StoreFormatError(
                 f"token store format_version is {version!r}; this code reads format_version {FORMAT_VERSION}"
             )
-        manifest = cls(
-            store_format=data["store_format"],
-            codebook_size=int(data["codebook_size"]),
-            grid=(int(data["grid"][0]), int(data["grid"][1])),
-            resolution=int(data["resolution"]),
-            views=tuple(data["views"]),
-            tokenizer=dict(data["tokenizer"]),
-            class_names=tuple(data["class_names"]),
-            shards=tuple(ShardInfo.from_dict(s) for s in data["shards"]),
-            sources=tuple(data.get("sources", ())),
-            rejects=data.get("rejects"),
-            settings=dict(data.get("settings", {})),
-            created_by=data.get("created_by", ""),
-            dtype=data["dtype"],
-            format_version=version,
-        )
+        stored = {key: value for key, value in data.items() if key != "num_samples"}
+        try:
+            manifest = super().from_dict(stored)
+        except StoreFormatError:
+            raise
+        except (ValueError, KeyError, TypeError) as error:  # an unknown, missing or mistyped field
+            raise StoreFormatError(f"manifest.json: {error}") from None
         if "num_samples" in data and int(data["num_samples"]) != manifest.num_samples:
             raise StoreFormatError(
                 f"manifest num_samples {data['num_samples']} != sum over shards {manifest.num_samples}"
             )
         return manifest
+
+    @classmethod
+    def _from_stored(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """JSON lists back to the tuple fields, shard records to `ShardInfo`."""
+        values = dict(values)
+        values["grid"] = tuple(int(side) for side in values["grid"])
+        for name in ("views", "class_names", "sources"):
+            if name in values:
+                values[name] = tuple(values[name])
+        values["shards"] = tuple(ShardInfo.from_dict(shard) for shard in values["shards"])
+        return values
 
 
 def shard_path(index: int, store_format: str) -> str:

@@ -222,3 +222,16 @@ def test_manifest_validates_its_fields():
     data = make_manifest("arrow").to_dict()
     with pytest.raises(StoreFormatError, match="num_samples"):
         StoreManifest.from_dict({**data, "num_samples": 5})
+
+
+def test_manifest_json_round_trips_and_unknown_fields_are_named():
+    manifest = make_manifest("arrow")
+    data = json.loads(json.dumps(manifest.to_dict()))
+    assert StoreManifest.from_dict(data) == manifest
+    assert json.dumps(StoreManifest.from_dict(data).to_dict()) == json.dumps(data)
+    assert list(data)[-1] == "num_samples" and isinstance(data["grid"], list)
+    with pytest.raises(StoreFormatError, match=r"unknown manifest field\(s\) \['shard_count'\]"):
+        StoreManifest.from_dict({**data, "shard_count": 3})
+    shard = {"path": "shards/shard-000000.arrow", "num_samples": 1, "sha256": "s", "bytes": 1, "md5": "x"}
+    with pytest.raises(StoreFormatError, match=r"unknown shard record field\(s\) \['md5'\]"):
+        StoreManifest.from_dict({**data, "shards": [shard], "num_samples": shard["num_samples"]})
