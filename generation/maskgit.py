@@ -321,7 +321,9 @@ class MaskGIT:
         Returns:
             Generation(images, tokens, class_ids, seeds, sampling, trace).
         """
-        class_ids = tuple(int(c) for c in torch.as_tensor(class_ids).reshape(-1).tolist())
+        # np.asarray, not torch.as_tensor: a read-only array (Ray's object store) needs no copy to be read
+        ids = class_ids if torch.is_tensor(class_ids) else np.asarray(class_ids)
+        class_ids = tuple(int(c) for c in ids.reshape(-1).tolist())
         if not class_ids:
             raise ValueError("class_ids is empty: nothing to generate")
         seeds = draw_seeds(len(class_ids), seeds)
