@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     extra = {"wall_s": round(wall, 1), "flags": flags, "train_step_seconds": train_step}
     extra.update(summary_numbers(summary))
     notes = (
-        f"`maskgit quickstart {' '.join(flags)}` from an empty output folder (set-up excluded); wall "
+        f"`{' '.join(['maskgit quickstart', *flags])}` from an empty output folder (set-up excluded); wall "
         f"{wall:.0f} s including start-up. Load average (1 min) before {load_before:.1f}, after "
         f"{os.getloadavg()[0]:.1f}."
     )

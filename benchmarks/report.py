@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, markdown_table
+from jobs.train.metrics_log import describe_step_time
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -381,6 +382,10 @@ def render_quickstart_block(record: dict | None) -> str:
         for row in extra["ablation"]
     ]  # fmt: skip
     flags = " ".join(extra.get("flags") or []) or "default flags"
+    step = extra.get("train_step_seconds") or {}
+    step_line = ""
+    if step:  # where a training step's time went on rank 0 (jobs.train.worker.PHASES)
+        step_line = f"Training, rank 0: {describe_step_time(step)} (backward includes gloo's all-reduce)."
     return "\n".join([
         QS_BEGIN,
         f"Measured by `python -m benchmarks.bench_quickstart` ({flags}) on {record['date'][:10]}, "
@@ -388,6 +393,7 @@ def render_quickstart_block(record: dict | None) -> str:
         f"{record.get('notes', '')}",
         "",
         markdown_table(stage_rows),
+        *(["", step_line] if step_line else []),
         "",
         markdown_table(result_rows),
         "",
