@@ -295,7 +295,8 @@ class TokenStoreWriter:
             StoreSettingsError: naming each setting that differs.
         """
         plan_path = f"{self.root}/{PLAN_NAME}"
-        if read_json(self.fs, plan_path) is None and self.fs.exists(f"{self.root}/{MANIFEST_NAME}"):
+        # The manifest first: only a finished store needs its plan read here; pin_plan reads it anyway.
+        if self.fs.exists(f"{self.root}/{MANIFEST_NAME}") and read_json(self.fs, plan_path) is None:
             raise StoreSettingsError(f"{self.url} holds a store without a plan; write to a new URL")
         differences = pin_plan(self.fs, plan_path, plan)
         if differences:
